@@ -144,13 +144,13 @@ class TuneConfig:
 class EvalConfig:
     """Frozen-encoder evaluation (stage `evaluate`)."""
 
-    knn_k: list[int] = _spec([1, 2, 5, 10])
+    knn_k: list[int] = _spec([1, 2, 5, 10], ge=1)
     probe_mode: Literal["cached", "paper"] = "cached"
     probe_epochs: int = _spec(100, ge=1)
     probe_lr: float = _spec(0.1, gt=0)
     probe_batch_size: int = _spec(256, ge=1)
-    fewshot_shots: list[int] = _spec([1, 2, 5])
-    fewshot_ways: list[int] = _spec([5, 0], help="N of N-way episodes; 0 = all novel classes")
+    fewshot_shots: list[int] = _spec([1, 2, 5], ge=1)
+    fewshot_ways: list[int] = _spec([5, 0], ge=0, help="N of N-way episodes; 0 = all novel classes")
     fewshot_episodes: int = _spec(600, ge=1)
     fewshot_queries: int = _spec(15, ge=1, help="query samples per class per episode")
     seed: int = _spec(0, ge=0)

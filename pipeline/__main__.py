@@ -1,0 +1,115 @@
+"""Command line: `python -m pipeline <command> ...` (also installed as `stars`).
+
+Commands: synth, inspect, import-weights, import-data, export-data. Heavy modules are
+imported inside each command so `--help` is instant. User errors print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+
+from pipeline.config import SynthConfig, load_params, parse_params
+from pipeline.errors import UserError
+
+
+def _add_synth_overrides(parser: argparse.ArgumentParser) -> None:
+    """One optional flag per SynthConfig field (default: params.yaml's `synth` group)."""
+    hints = typing.get_type_hints(SynthConfig)
+    for f in dataclasses.fields(SynthConfig):
+        flag = "--" + f.name.replace("_", "-")
+        parser.add_argument(flag, dest=f"synth_{f.name}", type=hints[f.name], default=None,
+                            help=f.metadata.get("help") or f"default: params.yaml synth.{f.name}")
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from pipeline.data.synth import generate
+
+    base = load_params(args.params).synth
+    overrides = {f.name: getattr(args, f"synth_{f.name}") for f in dataclasses.fields(base)
+                 if getattr(args, f"synth_{f.name}") is not None}
+    cfg = parse_params({"synth": {**dataclasses.asdict(base), **overrides}}).synth
+    summary = generate(cfg, Path(args.out), workers=args.workers)
+    print(json.dumps(summary, indent=2, default=str))
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from pipeline.data.inspect import summarize
+
+    print(summarize(Path(args.file)))
+
+
+def cmd_import_weights(args: argparse.Namespace) -> None:
+    from pipeline.weights import import_weights
+
+    model_cfg = load_params(args.params).model
+    summary = import_weights(args.format, Path(args.src), Path(args.dst), model_cfg)
+    print(json.dumps(summary, indent=2, default=str))
+
+
+def cmd_import_data(args: argparse.Namespace) -> None:
+    from pipeline.data.interop import import_file
+
+    summary = import_file(args.format, Path(args.src), Path(args.out), args.benchmark)
+    print(json.dumps(summary, indent=2, default=str))
+
+
+def cmd_export_data(args: argparse.Namespace) -> None:
+    from pipeline.data.interop import export_npz
+
+    summary = export_npz(Path(args.store), Path(args.out))
+    print(json.dumps(summary, indent=2, default=str))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n")[0])
+    parser.add_argument("--params", default="params.yaml", help="parameters file")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write the procedural dataset as NTU .skeleton files")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--workers", type=int, default=2)
+    _add_synth_overrides(p)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("inspect", help="one-screen summary of a raw .skeleton file")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("import-weights", help="convert published MAMP/STARS weights")
+    p.add_argument("--format", choices=["mamp", "stars"], required=True)
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.set_defaults(func=cmd_import_weights)
+
+    p = sub.add_parser("import-data", help="CTR-GCN/MAMP .npz or pyskl .pkl -> packed store")
+    p.add_argument("--format", choices=["npz", "pyskl"], required=True)
+    p.add_argument("src")
+    p.add_argument("--out", required=True, help="store folder to write")
+    p.add_argument("--benchmark", choices=["xsub", "xview", "xset"], default="xsub")
+    p.set_defaults(func=cmd_import_data)
+
+    p = sub.add_parser("export-data", help="packed store -> MAMP/STARS .npz layout")
+    p.add_argument("--format", choices=["npz"], default="npz")
+    p.add_argument("--store", default="data/processed")
+    p.add_argument("--out", required=True, help=".npz file to write")
+    p.set_defaults(func=cmd_export_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
