@@ -1,6 +1,6 @@
 """Command line: `python -m pipeline <command> ...` (also installed as `stars`).
 
-Commands: synth, inspect, import-weights, import-data, export-data. Heavy modules are
+Commands: synth, inspect, import-weights, import-data, export-data, preset-args. Heavy modules are
 imported inside each command so `--help` is instant. User errors print one line and exit 2.
 """
 
@@ -65,6 +65,12 @@ def cmd_export_data(args: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2, default=str))
 
 
+def cmd_preset_args(args: argparse.Namespace) -> None:
+    from pipeline.presets import preset_args
+
+    print(" ".join(preset_args(args.name, args.params)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n")[0])
     parser.add_argument("--params", default="params.yaml", help="parameters file")
@@ -98,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default="data/processed")
     p.add_argument("--out", required=True, help=".npz file to write")
     p.set_defaults(func=cmd_export_data)
+
+    p = sub.add_parser("preset-args", help="`dvc exp run` -S flags of a paper preset")
+    p.add_argument("name", help="a file name in presets/, e.g. ntu60-xsub")
+    p.set_defaults(func=cmd_preset_args)
     return parser
 
 

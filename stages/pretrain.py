@@ -1,0 +1,22 @@
+"""DVC stage `pretrain`: MAMP masked motion prediction (runs under torchrun when dist asks)."""
+
+import argparse
+from pathlib import Path
+
+from pipeline.pretrain import run_pretrain
+from pipeline.stage import stage_context
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, required=True, help="packed store")
+    parser.add_argument("--ckpt", type=Path, required=True, help="checkpoint folder")
+    parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON")
+    parser.add_argument("--plots", type=Path, required=True, help="plots folder")
+    args = parser.parse_args()
+    with stage_context("pretrain", distributed=True) as (params, tracker):
+        run_pretrain(params, args.data, args.ckpt, args.metrics, args.plots, tracker)
+
+
+if __name__ == "__main__":
+    main()
