@@ -46,8 +46,9 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 def cmd_import_weights(args: argparse.Namespace) -> None:
     from pipeline.weights import import_weights
 
-    model_cfg = load_params(args.params).model
-    summary = import_weights(args.format, Path(args.src), Path(args.dst), model_cfg)
+    params = load_params(args.params)
+    summary = import_weights(args.format, Path(args.src), Path(args.dst), params.model,
+                             predictor_dim=params.tune.predictor_dim)
     print(json.dumps(summary, indent=2, default=str))
 
 

@@ -1,0 +1,1 @@
+"""`make bench`: throughput, utilisation and memory figures -> benchmarks/RESULTS.md."""

@@ -1,0 +1,24 @@
+"""The machine's own ceiling: a large matrix product, float32 on the CPU, bf16 on a GPU."""
+
+from __future__ import annotations
+
+import torch
+
+from benchmarks.common import cuda_sync, median_time
+
+
+def matmul_gflops(n: int, dtype: torch.dtype, device: str, repeats: int = 5) -> float:
+    """GFLOP/s of an n x n x n product (2 n^3 FLOPs), median of `repeats`."""
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    sec, _ = median_time(lambda: a @ b, repeats, warmup=2, sync=cuda_sync)
+    return 2 * n**3 / sec / 1e9
+
+
+def run(quick: bool = False) -> dict:
+    out = {"cpu_fp32_gflops": matmul_gflops(2048 if quick else 4096, torch.float32, "cpu"),
+           "cpu_matmul_n": 2048 if quick else 4096}
+    if torch.cuda.is_available():
+        out["gpu_bf16_gflops"] = matmul_gflops(8192, torch.bfloat16, "cuda", repeats=20)
+        out["gpu_fp32_gflops"] = matmul_gflops(8192, torch.float32, "cuda", repeats=20)
+    return out

@@ -1,0 +1,118 @@
+"""The one checkpoint schema, written atomically and read back safely.
+
+Usage::
+
+    ckpt = checkpoint.make("mamp", model, optimizer, step=s, epoch=e, config=cfg_dict,
+                           fingerprint=checkpoint.fingerprint(store.meta["fingerprint"], cfg_dict))
+    checkpoint.save(ckpt_dir / "last.pt", ckpt)      # temp file + rename (pipeline.io)
+    ckpt = checkpoint.load(ckpt_dir / "last.pt")     # weights_only: tensors and plain data only
+
+Schema (every key always present)::
+
+    kind         "mamp" | "stars" | "probe" | ...
+    model        state dict of the unwrapped, uncompiled module (published key names)
+    optimizer    optimizer state dict, or None
+    scaler       GradScaler state dict, or None (bf16 autocast needs no loss scaling)
+    step, epoch  optimizer steps taken and epochs completed
+    config       plain dict of the parameters that produced it
+    rng          {"torch", "cuda", "python"} generator states
+    fingerprint  data fingerprint + config hash: resume only when it matches
+    extra        dict, e.g. {"history": [...per-epoch metrics...], "best": ...}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import random
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.errors import UserError
+from pipeline.io import atomic_path
+
+KEYS = ("kind", "model", "optimizer", "scaler", "step", "epoch", "config", "rng",
+        "fingerprint", "extra")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DistributedDataParallel and/or torch.compile wrappers, so saved
+    keys never carry `module.` or `_orig_mod.` prefixes."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def fingerprint(data_fingerprint: str, config: dict) -> str:
+    """`<data fingerprint>:<sha256 of the config as canonical JSON>` (first 16 hex digits)."""
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return f"{data_fingerprint}:{hashlib.sha256(blob).hexdigest()[:16]}"
+
+
+def rng_state() -> dict[str, Any]:
+    """Generator states as tensors and plain tuples (loadable with weights_only=True)."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python": random.getstate()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def make(kind: str, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
+         step: int = 0, epoch: int = 0, config: dict | None = None, fingerprint: str = "",
+         scaler: Any = None, extra: dict | None = None) -> dict[str, Any]:
+    """A checkpoint dict in the schema above, from live objects."""
+    return {"kind": kind,
+            "model": unwrap(model).state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "step": step,
+            "epoch": epoch,
+            "config": config or {},
+            "rng": rng_state(),
+            "fingerprint": fingerprint,
+            "extra": extra or {}}
+
+
+def save(path: str | Path, ckpt: dict[str, Any]) -> None:
+    """Write atomically: a killed process leaves the previous file intact."""
+    missing = [k for k in KEYS if k not in ckpt]
+    if missing:
+        raise ValueError(f"checkpoint is missing keys {missing}")
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint on CPU with `weights_only=True` (no code runs from the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found; run the stage that writes it first")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile,
+            AttributeError, TypeError, ValueError) as exc:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()   # torch colours its hints
+        first = text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
+        raise UserError(f"{path}: not a readable, safe checkpoint ({first}); "
+                        "delete it or re-create it with this pipeline")
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in KEYS):
+        raise UserError(f"{path}: not a pipeline checkpoint (expected keys {', '.join(KEYS)}); "
+                        "import published weights with `python -m pipeline import-weights`")
+    return ckpt

@@ -1,0 +1,47 @@
+"""Re-launch a training stage under `torchrun` when `dist` asks for more than one process, so
+`dvc repro` and a plain `python stages/pretrain.py ...` need no launcher of their own.
+
+Usage (first thing in a stage, before any work)::
+
+    maybe_relaunch(params.dist, sys.argv)   # returns at once alone or under torchrun
+    dist.init(params.dist)
+
+On each node run the same command with its own `dist.node_rank`; node 0 hosts the
+rendezvous at `dist.rdzv_endpoint`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.config import DistConfig
+
+
+def under_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def torchrun_command(cfg: DistConfig, argv: list[str]) -> list[str]:
+    """The `python -m torch.distributed.run ...` command line that re-runs `argv`."""
+    script = Path(argv[0])
+    # `python -m pkg` arrives as .../pkg/__main__.py; run it as a module again so the
+    # package directory is not put first on sys.path.
+    target = (["--module", script.parent.name] if script.name == "__main__.py"
+              else [str(script)])
+    return [sys.executable, "-m", "torch.distributed.run",
+            "--nproc-per-node", str(cfg.nproc), "--nnodes", str(cfg.nnodes),
+            "--node-rank", str(cfg.node_rank), "--rdzv-backend", "c10d",
+            "--rdzv-endpoint", cfg.rdzv_endpoint, *target, *argv[1:]]
+
+
+def maybe_relaunch(cfg: DistConfig, argv: list[str]) -> None:
+    """Alone (nproc x nnodes == 1) or already under torchrun: return. Otherwise run this
+    same command under torchrun and exit with its status."""
+    if cfg.nproc * cfg.nnodes == 1 or under_torchrun():
+        return
+    cmd = torchrun_command(cfg, argv)
+    print("launching: " + " ".join(cmd), file=sys.stderr, flush=True)
+    sys.exit(subprocess.run(cmd, check=False).returncode)

@@ -1,0 +1,109 @@
+"""MAMP pretraining (stage `pretrain`): masked motion prediction on the train split's base
+classes, through the one training loop.
+
+Usage (from `stages/pretrain.py`, alone or under torchrun)::
+
+    metrics = run_pretrain(params, Path("data/processed"), Path("models/pretrain"),
+                           Path("metrics/pretrain.json"), Path("plots/pretrain"), tracker)
+
+Writes `<ckpt_dir>/last.pt` (kind "mamp") every epoch, resuming from it when data and
+config match; rank 0 writes `metrics/pretrain.json` and `plots/pretrain/loss.csv`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from pipeline import checkpoint, dist
+from pipeline.config import Params, to_dict
+from pipeline.data.dataset import GlobalBatchSampler, SkeletonDataset, make_loader
+from pipeline.data.store import Store
+from pipeline.data.transforms import TrainTransform
+from pipeline.errors import ConfigError, UserError
+from pipeline.io import atomic_write_json, atomic_write_text
+from pipeline.mamp import MAMP, mamp_flops_per_sample
+from pipeline.train import LoopConfig, fit, param_groups, seed_everything
+
+# Besides biases and norms (ndim <= 1), embeddings and the mask token get no weight decay.
+NO_DECAY = ("temp_embed", "pos_embed", "mask_token", "decoder_temp_embed", "decoder_pos_embed")
+
+# Keys that change how fast training runs, not what it computes: a change keeps resume.
+_NOT_FINGERPRINTED = ("loader_workers",)
+
+
+def mamp_step(model: torch.nn.Module, batch: dict[str, torch.Tensor]
+              ) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Loss of one batch; the masks come from the per-sample seeds."""
+    return model(batch["x"], batch["seed"]), {}
+
+
+def run_pretrain(params: Params, store_dir: Path, ckpt_dir: Path, metrics_path: Path,
+                 plots_dir: Path, tracker: Any) -> dict[str, float]:
+    """Pretrain MAMP for `pretrain.epochs` epochs; returns the metrics written to JSON."""
+    cfg, model_cfg = params.pretrain, params.model
+    world = dist.world_size()
+    if cfg.batch_size % world:
+        raise ConfigError(f"pretrain.batch_size: {cfg.batch_size} is invalid: must be "
+                          f"divisible by the number of processes ({world})")
+    store = Store.open(store_dir)
+    rows = store.select(split="train", novel=False)
+    if len(rows) < cfg.batch_size:
+        raise UserError(f"{store_dir}: {len(rows)} training samples, fewer than one global "
+                        f"batch (pretrain.batch_size {cfg.batch_size}); lower the batch size")
+    dataset = SkeletonDataset(store, rows, TrainTransform(
+        frames_out=model_cfg.frames, crop_min=cfg.crop_min, crop_floor=cfg.crop_floor,
+        rotate=cfg.rotate))
+
+    sampler = GlobalBatchSampler(len(rows), cfg.batch_size, dist.rank(), world, seed=cfg.seed)
+    loader = make_loader(dataset, sampler, workers=cfg.loader_workers,
+                         pin_memory=torch.cuda.is_available())
+
+    def loader_factory(epoch: int) -> DataLoader:
+        sampler.set_epoch(epoch)    # batches are drawn in this process: workers persist
+        return loader
+
+    seed_everything(cfg.seed)   # the same initial weights on every rank and every run
+    model = MAMP(model_cfg, cfg.mask_ratio, cfg.tau)
+    loop = LoopConfig(epochs=cfg.epochs, lr=cfg.lr, min_lr=cfg.min_lr,
+                      warmup_epochs=cfg.warmup_epochs, schedule="cosine", optimizer="adamw",
+                      betas=(0.9, 0.95), clip_grad=cfg.clip_grad, seed=cfg.seed,
+                      compile=cfg.compile)
+    config = {"model": to_dict(model_cfg), "pretrain": to_dict(cfg)}
+    semantic = {**config, "pretrain": {k: v for k, v in config["pretrain"].items()
+                                       if k not in _NOT_FINGERPRINTED}}
+    start = time.perf_counter()
+    history = fit(model, mamp_step, param_groups(model, cfg.weight_decay, skip=NO_DECAY),
+                  loader_factory, loop, ckpt_dir=ckpt_dir, kind="mamp", config=config,
+                  fingerprint=checkpoint.fingerprint(store.meta["fingerprint"], semantic),
+                  tracker=tracker)
+    wall = time.perf_counter() - start
+
+    flops = mamp_flops_per_sample(model_cfg, cfg.mask_ratio)
+    speed = statistics.median(h["samples_per_s"] for h in history)
+    metrics = {"final_loss": history[-1]["loss"], "epochs": len(history),
+               "train_samples": len(rows), "global_batch": cfg.batch_size, "processes": world,
+               "median_samples_per_s": speed,
+               "gflop_per_sample": flops["train"] / 1e9,
+               "gflop_per_s": speed * flops["train"] / 1e9,
+               "parameters": sum(p.numel() for p in model.parameters()),
+               "encoder_parameters": sum(p.numel() for n, p in model.named_parameters()
+                                         if not n.startswith(("decoder", "mask_token"))),
+               "tokens_per_sample": model.num_tokens, "kept_tokens": model.num_keep,
+               "wall_time_s": wall}
+    if dist.is_main():
+        atomic_write_json(metrics_path, metrics)
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["epoch", "loss", "lr"])
+        writer.writerows([h["epoch"], h["loss"], h["lr"]] for h in history)
+        atomic_write_text(Path(plots_dir) / "loss.csv", buf.getvalue())
+        tracker.log_metrics(metrics, step=len(history))
+    return metrics
