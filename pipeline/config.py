@@ -43,14 +43,17 @@ class SynthConfig:
     seed: int = _spec(0, ge=0)
     base_classes: int = _spec(24, ge=2, help="classes used for pretraining, tuning and linear/kNN")
     novel_classes: int = _spec(6, ge=0, help="classes held out for few-shot evaluation")
-    performers: int = _spec(16, ge=2)
+    performers: int = _spec(12, ge=2)
     setups: int = _spec(2, ge=1)
-    replications: int = _spec(2, ge=1)
+    replications: int = _spec(1, ge=1)
     cameras: int = _spec(3, ge=1, le=3)
-    min_frames: int = _spec(40, ge=12)
+    min_frames: int = _spec(30, ge=12)
     max_frames: int = _spec(120, ge=12)
-    artifact_rate: float = _spec(0.05, ge=0.0, le=1.0, help="rate of recording artifacts")
+    artifact_rate: float = _spec(0.05, ge=0.0, le=1.0,
+                                 help="per-file probability of each kind of recording artifact")
     noise_std: float = _spec(0.01, ge=0.0, help="sensor noise (metres)")
+    nan_rate: float = _spec(0.0, ge=0.0, le=1.0,
+                            help="fraction of files with one NaN joint (a few real NTU files)")
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,7 @@ class TuneConfig:
     tuned_blocks: int = _spec(-1, ge=-1, help="blocks tuned from the top; -1 = depth/2")
     full: bool = _spec(False, help="tune every block and the embeddings")
     head_warmup_epochs: int = _spec(0, ge=0, help="head-only epochs first (public release: 20)")
-    queue_size: int = _spec(32768, ge=1)
+    queue_size: int = _spec(32768, ge=2, help="K >= 2: a sample always has another candidate")
     temperature: float = _spec(0.07, gt=0)
     predictor_dim: int = _spec(4096, ge=1)
     view: Literal["none", "crop_rotate", "mask"] = "none"
@@ -153,8 +156,10 @@ class EvalConfig:
     fewshot_ways: list[int] = _spec([5, 0], ge=0, help="N of N-way episodes; 0 = all novel classes")
     fewshot_episodes: int = _spec(600, ge=1)
     fewshot_queries: int = _spec(15, ge=1, help="query samples per class per episode")
+    fewshot_knn_k: list[int] = _spec([1, 2, 5], ge=1, help="k of the release's few-shot kNN")
     seed: int = _spec(0, ge=0)
     batch_size: int = _spec(256, ge=1, help="feature extraction batch size")
+    loader_workers: int = _spec(0, ge=0, help="data loader processes for feature extraction")
 
 
 @dataclass(frozen=True)
