@@ -141,8 +141,10 @@ def start_run(stage: str, params: Params, root: Path | None = None) -> Iterator[
 
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(cfg.experiment)
-    experiment_id = (experiment.experiment_id if experiment
-                     else client.create_experiment(cfg.experiment))
+    # Artifacts beside the store, not under the working directory: a `dvc exp run --temp`
+    # copy is deleted after the run.
+    experiment_id = (experiment.experiment_id if experiment else client.create_experiment(
+        cfg.experiment, artifact_location=(root / "mlruns").as_uri()))
     tags = {"stage": stage, "git_commit": _git_commit(root),
             "mlflow.runName": f"{stage}-{os.environ.get('DVC_EXP_NAME', 'workspace')}"}
     if os.environ.get("DVC_EXP_NAME"):

@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from pipeline.report.build import build_report
+from pipeline.report.build import attach_to_mlflow, build_report
 from pipeline.stage import stage_context
 from pipeline.tracking import repo_root
 
@@ -13,8 +13,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="report folder")
     args = parser.parse_args()
     with stage_context("report") as (params, _tracker):
-        path = build_report(repo_root(), params.report, args.out)
+        root = repo_root()
+        path = build_report(root, params.report, args.out)
         print(f"report written to {path}")
+        print(attach_to_mlflow(root, params.tracking, args.out))
 
 
 if __name__ == "__main__":

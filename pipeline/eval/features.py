@@ -1,0 +1,84 @@
+"""Frozen-encoder features: load an encoder from a checkpoint, extract pooled features, cache.
+
+Usage::
+
+    encoder = load_encoder("models/tune/last.pt", params.model)
+    feats, labels, indices = extract_features(encoder, dataset, batch_size=256, device="cpu")
+    save_features("features/stars_test.npz", feats, labels, indices, key=cache_key)
+    feats, labels, indices = load_features("features/stars_test.npz")
+
+`dataset` is a `pipeline.data.dataset.SkeletonDataset` built with the test transform; it is
+read in order once (the test transform draws no randomness).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline import checkpoint
+from pipeline.config import ModelConfig
+from pipeline.data.dataset import GlobalBatchSampler, SkeletonDataset, make_loader
+from pipeline.errors import UserError
+from pipeline.io import atomic_path
+from pipeline.model import Encoder
+
+# Keys of a pretraining/tuning checkpoint that are not part of the encoder: the MAMP decoder
+# and mask token (published key names), and the STARS head and queue.
+_NOT_ENCODER = ("decoder", "mask_token", "head.", "queue")
+
+
+def load_encoder(ckpt_path: str | Path, model_cfg: ModelConfig) -> Encoder:
+    """The `Encoder` whose weights are `checkpoint["model"]` minus decoder/head keys."""
+    state = checkpoint.load(ckpt_path)["model"]
+    state = {k: v for k, v in state.items() if not k.startswith(_NOT_ENCODER)}
+    encoder = Encoder(model_cfg)
+    expected = encoder.state_dict()
+    wrong = ([f"missing {k}" for k in expected if k not in state]
+             + [f"unexpected {k}" for k in state if k not in expected]
+             + [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                if k in state and state[k].shape != v.shape])
+    if wrong:
+        raise UserError(f"{ckpt_path}: does not match model params ({'; '.join(wrong[:3])}); "
+                        f"the model group of params.yaml must be the one it was trained with")
+    encoder.load_state_dict(state)
+    return encoder.eval()
+
+
+def extract_features(encoder: Encoder, dataset: SkeletonDataset, batch_size: int,
+                     device: str | torch.device, workers: int = 0,
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pooled features of every sample: feats float32 (N, D), labels (N,), indices (N,)."""
+    # in order, every sample once; the per-sample seeds go unused by the test transform
+    sampler = GlobalBatchSampler(len(dataset), batch_size, shuffle=False, drop_last=False)
+    loader = make_loader(dataset, sampler, workers)
+    encoder = encoder.to(device).eval()
+    feats, labels, indices = [], [], []
+    with torch.inference_mode():
+        for batch in loader:
+            x = batch["x"].to(device, non_blocking=True)      # (N, M, T, V, C)
+            feats.append(encoder.forward_features(x).float().cpu())  # (N, D)
+            labels.append(batch["label"])
+            indices.append(batch["index"])
+    if not feats:
+        return (np.zeros((0, encoder.cfg.dim), np.float32), np.zeros(0, np.int64),
+                np.zeros(0, np.int64))
+    return (torch.cat(feats).numpy(), torch.cat(labels).numpy(), torch.cat(indices).numpy())
+
+
+def save_features(path: str | Path, feats: np.ndarray, labels: np.ndarray,
+                  indices: np.ndarray, key: str = "") -> None:
+    """Write features atomically; `key` identifies what they were computed from."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, feats=feats, labels=labels, indices=indices, key=np.array(key))
+
+
+def load_features(path: str | Path, key: str | None = None,
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(feats, labels, indices) from `save_features`; None if `key` is given and differs."""
+    with np.load(path, allow_pickle=False) as z:
+        if key is not None and str(z["key"]) != key:
+            return None
+        return z["feats"], z["labels"], z["indices"]

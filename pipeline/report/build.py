@@ -1,0 +1,509 @@
+"""Assemble the run's report: `reports/report.html` (self-contained, images inlined as base64
+PNG) and `reports/report.md` (images beside it in `reports/figures/`), written atomically.
+
+Usage (stage `report`)::
+
+    html = build_report(root, params.report, root / "reports")
+    print(attach_to_mlflow(root, params.tracking, root / "reports"))
+
+Every section is always present: when a source is missing (a stage not run yet, no DVC
+repository, no MLflow store) the section says "not available: <why>" instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import html
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import Params, ReportConfig, TrackingConfig, load_params
+from pipeline.io import atomic_dir, atomic_write_text
+from pipeline.report import figures
+from pipeline.report.published import benchmark_name, published
+from pipeline.report.sources import (
+    Unavailable,
+    dvc_experiments,
+    git_commit,
+    latest_run,
+    mlflow_runs,
+    open_store,
+    read_csv,
+    read_features,
+    read_json,
+)
+
+MODELS = ("mamp", "stars")
+MODEL_NAMES = {"mamp": "MAMP", "stars": "STARS"}
+DASH = "–"
+
+# Results columns: (header, our flat metric key, published key). Few-shot follows the
+# release's protocol (kNN k=1 over a labelled bank of novel classes, DESIGN.md section 4).
+RESULT_COLUMNS = (("linear", "linear_top1", "linear"),
+                  ("kNN k=1", "knn_top1_k1", "knn_k1"),
+                  ("few-shot (kNN k=1, novel classes)", "fewshot_knn_k1", "fewshot"))
+EPISODIC = ("fewshot_5way_1shot_proto_mean", "fewshot_5way_1shot_proto_ci95")
+# Metrics shown per DVC experiment, read from metrics/evaluate.json.
+EXPERIMENT_METRICS = ("linear_top1", "knn_top1_k1", "fewshot_knn_k1")
+FRAMES_PER_STRIP = 8
+# evaluate.py and tune.py store accuracies (and the chance level) as fractions; shown in %.
+PERCENT = 100.0
+
+
+# --------------------------------------------------------------------------- document model
+
+
+@dataclasses.dataclass(frozen=True)
+class Text:
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Code:
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    df: pd.DataFrame
+    caption: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Image:
+    name: str  # file stem under figures/
+    png: bytes
+    caption: str
+
+
+Block = Text | Code | Table | Image
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    anchor: str
+    title: str
+    blocks: list[Block]
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What every section builder reads."""
+
+    root: Path
+    params: Params
+    cfg: ReportConfig
+    meta: dict | None          # store meta.json, None when there is no store yet
+    evaluation: dict | None    # metrics/evaluate.json
+
+
+def _not_available(why: object) -> Text:
+    return Text(f"not available: {why}")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _fmt(value: float | None, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return DASH
+    return f"{value:+.1f}" if signed else f"{value:.1f}"
+
+
+def _class_names(ctx: Context, n: int) -> list[str]:
+    """Class names from the store; 'class i' for labels beyond them (or without a store)."""
+    names = list((ctx.meta or {}).get("class_names", []))
+    return names + [f"class {i}" for i in range(len(names), n)]
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _results(ctx: Context) -> list[Block]:
+    if ctx.evaluation is None:
+        raise Unavailable("metrics/evaluate.json not found (run the evaluate stage)")
+    ev = ctx.evaluation
+
+    def ours(model: str, key: str) -> float | None:
+        value = ev.get(model, {}).get(key)
+        return None if value is None else PERCENT * float(value)
+
+    def delta(key: str) -> str:
+        a, b = ours("mamp", key), ours("stars", key)
+        return _fmt(None if a is None or b is None else b - a, signed=True)
+
+    def episodic(model: str) -> str:
+        mean, ci = ours(model, EPISODIC[0]), ours(model, EPISODIC[1])
+        return DASH if mean is None else f"{mean:.1f} ± {_fmt(ci)}"
+
+    source, bench = ctx.params.data.source, ctx.params.data.benchmark
+    paper = published(source, bench)
+    rows = [[f"{MODEL_NAMES[m]} (ours)", *(_fmt(ours(m, key)) for _, key, _ in RESULT_COLUMNS),
+             episodic(m)] for m in MODELS]
+    rows.append(["delta (STARS − MAMP)", *(delta(key) for _, key, _ in RESULT_COLUMNS),
+                 delta(EPISODIC[0])])
+    rows += [[label, *(_fmt(cells.get(pub)) for _, _, pub in RESULT_COLUMNS), DASH]
+             for label, cells in paper.items()]
+    df = pd.DataFrame(rows, columns=["model", *(h for h, _, _ in RESULT_COLUMNS),
+                                     "5-way 1-shot (episodic, ±95% CI)"])
+
+    probe = {"cached": "the linear probe is fitted on cached centre-crop features (fast "
+                       "protocol, not the paper's 100-epoch augmented probe)",
+             "paper": "the linear probe follows the paper's protocol (DESIGN.md section 4)"}
+    mode = ev.get("probe_mode", "unknown")
+    name = benchmark_name(source, bench)
+    notes = [(f"Top-1 accuracy (%) on {name}, test split, last epoch (no test-set model "
+              f"selection); {probe.get(mode, f'probe mode {mode!r}')}.")]
+    if ev.get("chance") is not None:
+        notes.append(f"Chance level: {PERCENT * float(ev['chance']):.1f}%.")
+    if source == "synthetic":
+        notes.append("No published numbers exist for the synthetic dataset; ours only.")
+    elif source in ("npz", "pyskl"):
+        notes.append(f"The dataset behind an imported {source} file is not recorded, so no "
+                     "published numbers are shown (see DESIGN.md section 5).")
+    elif not paper:
+        notes.append(f"No published numbers exist for {name}; ours only.")
+    return [Table(df, " ".join(notes))]
+
+
+def _param(value: object) -> str:
+    """A parameter as written in params.yaml (pandas turned ints into floats beside NaN)."""
+    if isinstance(value, float):
+        return DASH if np.isnan(value) else f"{value:g}"
+    return str(value)
+
+
+def _experiments(ctx: Context) -> list[Block]:
+    df = dvc_experiments(ctx.root)
+    all_params = [c for c in df.columns if c.startswith("params.")]
+    # Commits from before params.yaml existed have no parameters: they differ in nothing.
+    with_params = df[all_params].notna().any(axis=1)
+    params = [c for c in all_params
+              if df.loc[with_params, c].map(_param).nunique() > 1]
+    metrics = [f"metrics.evaluate.{m}.{k}" for k in EXPERIMENT_METRICS for m in MODELS
+               if f"metrics.evaluate.{m}.{k}" in df.columns]
+    table = df[["experiment", "rev", *params, *metrics]].copy()
+    for c in params:
+        table[c] = table[c].map(_param)
+    for c in metrics:
+        table[c] = [_fmt(None if pd.isna(v) else PERCENT * float(v)) for v in table[c]]
+    table.columns = [c.removeprefix("params.").removeprefix("metrics.evaluate.")
+                     for c in table.columns]
+    blocks: list[Block] = [Text(f"{len(df)} rows from `dvc exp show` (workspace, baseline "
+                                "commits and their experiments).")]
+    if not params:
+        blocks.append(Text("All listed experiments share the same parameters."))
+    if not metrics:
+        blocks.append(Text("No evaluate metrics are recorded for these experiments yet."))
+    blocks.append(Table(table, "Parameters that differ between experiments, and top-1 "
+                               "accuracy (%) of each model."))
+    return blocks
+
+
+def _curve(path: Path, column: str, scale: float) -> pd.DataFrame:
+    """(epoch, value x scale) of one CSV column, epochs without a value dropped."""
+    df = read_csv(path, ["epoch", column])[["epoch", column]].rename(columns={column: "value"})
+    df = df.dropna()
+    if df.empty:
+        raise Unavailable(f"{path.name} has no {column} values")
+    return df.assign(value=scale * df["value"])
+
+
+def _curves(ctx: Context) -> list[Block]:
+    plots = ctx.root / "plots"
+    specs: list[tuple[str, str, dict[str, tuple[Path, str]]]] = [
+        ("MAMP pretraining loss", "loss", {"MAMP": (plots / "pretrain/loss.csv", "loss")}),
+        ("STARS tuning loss", "loss", {"STARS": (plots / "tune/curves.csv", "loss")}),
+        ("STARS validation kNN", "top-1 (%)", {"STARS": (plots / "tune/curves.csv", "val_knn")}),
+        ("linear probe (train split)", "top-1 (%)",
+         {MODEL_NAMES[m]: (plots / f"evaluate/{m}_probe_curve.csv", "train_acc") for m in MODELS}),
+    ]
+    panels, missing = [], []
+    for title, ylabel, lines in specs:
+        got = {}
+        for label, (path, column) in lines.items():
+            try:
+                got[label] = _curve(path, column, 1.0 if ylabel == "loss" else PERCENT)
+            except Unavailable as exc:
+                missing.append(f"{title} ({label}): {exc}")
+        if got:
+            panels.append((title, got, ylabel))
+    if not panels:
+        raise Unavailable("; ".join(missing))
+    blocks: list[Block] = [Image("curves", figures.to_png(figures.curves(panels)),
+                                 "Training curves per epoch.")]
+    blocks += [_not_available(m) for m in missing]
+    return blocks
+
+
+def _tsne(ctx: Context) -> list[Block]:
+    panels, captions = [], []
+    for model in MODELS:
+        feats, labels = read_features(ctx.root / "features" / f"{model}_test.npz")
+        keep = figures.balanced_subsample(labels, ctx.cfg.tsne_per_class, ctx.cfg.seed)
+        xy = figures.tsne(feats[keep], ctx.cfg.seed)
+        m = (ctx.evaluation or {}).get(model, {})
+        scores = ", ".join(f"{name} {m[key]:.3f}" for name, key in
+                           (("NMI", "nmi"), ("ARI", "ari"), ("silhouette", "silhouette"))
+                           if m.get(key) is not None) or "cluster scores not available"
+        panels.append((f"{MODEL_NAMES[model]}: {scores}", xy, labels[keep].astype(int)))
+        captions.append(f"{MODEL_NAMES[model]} {scores}")
+    n_classes = max(int(shown.max()) for _, _, shown in panels) + 1
+    fig = figures.tsne_pair(panels, _class_names(ctx, n_classes))
+    caption = (f"t-SNE of test features (L2-normalised; up to {ctx.cfg.tsne_per_class} per "
+               f"class, seed {ctx.cfg.seed}), coloured by class. Cluster scores of all test "
+               "features (metrics/evaluate.json): " + "; ".join(captions) + ".")
+    return [Image("tsne", figures.to_png(fig), caption)]
+
+
+def _confusion(ctx: Context) -> list[Block]:
+    df = read_csv(ctx.root / "plots/evaluate/stars_confusion.csv", ["actual", "predicted"])
+    actual, predicted = df["actual"], df["predicted"]
+    if actual.dtype.kind in "iu" and predicted.dtype.kind in "iu":  # label codes
+        names_all = _class_names(ctx, int(max(actual.max(), predicted.max())) + 1)
+    else:  # class names
+        actual, predicted = actual.astype(str), predicted.astype(str)
+        names_all = list(dict.fromkeys([*_class_names(ctx, 0), *sorted({*actual, *predicted})]))
+        code = {name: i for i, name in enumerate(names_all)}
+        actual, predicted = actual.map(code), predicted.map(code)
+    labels = np.union1d(actual.unique(), predicted.unique()).astype(int)
+    matrix = pd.crosstab(actual, predicted).reindex(
+        index=labels, columns=labels, fill_value=0).to_numpy()
+    names = [names_all[i] for i in labels]
+    support = matrix.sum(axis=1)
+    accuracy = PERCENT * np.diag(matrix) / np.maximum(support, 1)
+    chance = (ctx.evaluation or {}).get("chance")
+    chance = None if chance is None else PERCENT * float(chance)
+    worst = np.argsort(accuracy, kind="stable")[:5]
+    return [
+        Image("confusion", figures.to_png(figures.confusion(matrix, names)),
+              f"STARS linear probe confusion matrix on the test split ({len(df)} samples), "
+              "rows normalised to the actual class."),
+        Image("per_class", figures.to_png(figures.per_class(accuracy, names, chance)),
+              "STARS linear probe per-class top-1 accuracy (from the confusion matrix)."),
+        Text("Hardest classes: " + ", ".join(f"{names[i]} {accuracy[i]:.1f}%" for i in worst)
+             + "."),
+    ]
+
+
+def _data_picture(ctx: Context) -> list[Block]:
+    store = open_store(ctx.root / ctx.params.data.processed_dir)
+    index = store.index
+    rng = np.random.default_rng(ctx.cfg.seed)
+    # Test samples when there are any; one per class first, since distinct actions tell more.
+    test = (index["split"] == "test").to_numpy()
+    pool = rng.permutation(np.flatnonzero(test) if test.any() else np.arange(len(index)))
+    _, first = np.unique(index["label"].to_numpy()[pool], return_index=True)
+    picks = np.concatenate([pool[np.sort(first)], np.delete(pool, first)])[:ctx.cfg.stick_samples]
+    names = _class_names(ctx, int(index["label"].max()) + 1)
+    titles = [f"{index['name'].iat[i]}: {names[int(index['label'].iat[i])]}" for i in picks]
+    samples = [(f"{title} ({index['length'].iat[i]} frames)", np.asarray(store.sample(int(i))))
+               for title, i in zip(titles, picks)]
+    return [Image("skeletons", figures.to_png(figures.stick_strips(samples, FRAMES_PER_STRIP)),
+                  f"{len(samples)} samples from the packed store ({'; '.join(titles)}), "
+                  f"{FRAMES_PER_STRIP} evenly spaced frames each, x-y projection (metres); "
+                  "actor 1 blue, actor 2 orange.")]
+
+
+def _provenance(ctx: Context) -> list[Block]:
+    blocks: list[Block] = []
+    try:
+        blocks.append(Text(f"Git commit: {git_commit(ctx.root)}"))
+    except Unavailable as exc:
+        blocks.append(_not_available(f"git commit: {exc}"))
+    if ctx.meta is None:
+        blocks.append(_not_available(f"dataset fingerprint: no store meta.json under "
+                                     f"{ctx.params.data.processed_dir}"))
+    else:
+        keys = ("dataset", "benchmark", "fingerprint", "source_fingerprint", "frames_shape")
+        meta = pd.DataFrame({"field": keys, "value": [str(ctx.meta.get(k, DASH)) for k in keys]})
+        blocks.append(Table(meta, "Dataset (store meta.json)."))
+    for stage in ("preprocess", "pretrain", "tune"):
+        try:
+            flat = pd.json_normalize(read_json(ctx.root / "metrics" / f"{stage}.json"), sep=".")
+            blocks.append(Table(flat.T.reset_index().set_axis(["metric", "value"], axis=1),
+                                f"metrics/{stage}.json as written (accuracies as fractions)."))
+        except Unavailable as exc:
+            blocks.append(_not_available(f"{stage} metrics: {exc}"))
+    try:
+        runs = mlflow_runs(ctx.root, ctx.params.tracking)
+        latest = runs.drop_duplicates("stage")[["stage", "run_id", "run_name", "status", "start"]]
+        blocks.append(Table(latest.astype(str),
+                            f"Latest MLflow run per stage ({len(runs)} runs in experiment "
+                            f"{ctx.params.tracking.experiment!r})."))
+    except Unavailable as exc:
+        blocks.append(_not_available(f"MLflow runs: {exc}"))
+    blocks.append(Text("Parameters (params.yaml):"))
+    blocks.append(Code((ctx.root / "params.yaml").read_text()))
+    return blocks
+
+
+SECTIONS: tuple[tuple[str, str, Callable[[Context], list[Block]]], ...] = (
+    ("results", "Results", _results),
+    ("experiments", "DVC experiments", _experiments),
+    ("curves", "Training curves", _curves),
+    ("tsne", "Feature space (t-SNE)", _tsne),
+    ("confusion", "STARS linear probe: confusion and per-class accuracy", _confusion),
+    ("data", "The data", _data_picture),
+    ("provenance", "Provenance", _provenance),
+)
+
+
+# --------------------------------------------------------------------------- rendering
+
+_CSS = """
+body { font: 15px/1.45 system-ui, sans-serif; max-width: 1200px; margin: 2em auto;
+       padding: 0 1em; color: #222; }
+h1 { margin-bottom: 0.2em; }
+h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
+nav a { margin-right: 1em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 13px; }
+th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
+th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
+caption { caption-side: bottom; text-align: left; color: #555; font-size: 13px; padding-top: 4px; }
+figure { margin: 1em 0; } figure img { max-width: 100%; }
+figcaption { color: #555; font-size: 13px; }
+pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 12px; }
+p.na { color: #a33; }
+"""
+
+
+def _html_block(block: Block) -> str:
+    match block:
+        case Text(text):
+            cls = ' class="na"' if text.startswith("not available") else ""
+            return f"<p{cls}>{html.escape(text)}</p>"
+        case Code(text):
+            return f"<pre>{html.escape(text)}</pre>"
+        case Table(df, caption):
+            table = df.to_html(index=False, border=0, na_rep=DASH, escape=True)
+            if not caption:
+                return table
+            head, rest = table.split("\n", 1)  # caption goes right after the <table> tag
+            return f"{head}\n<caption>{html.escape(caption)}</caption>\n{rest}"
+        case Image(name, png, caption):
+            data = base64.b64encode(png).decode("ascii")
+            return (f'<figure id="fig-{name}"><img src="data:image/png;base64,{data}" '
+                    f'alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}'
+                    "</figcaption></figure>")
+    raise TypeError(f"unknown block {block!r}")
+
+
+def _md_cell(value: object) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return DASH
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_block(block: Block) -> str:
+    match block:
+        case Text(text):
+            return text
+        case Code(text):
+            return f"```yaml\n{text.rstrip()}\n```"
+        case Table(df, caption):
+            lines = ["| " + " | ".join(_md_cell(c) for c in df.columns) + " |",
+                     "|" + "---|" * len(df.columns)]
+            lines += ["| " + " | ".join(_md_cell(v) for v in row) + " |"
+                      for row in df.itertuples(index=False)]
+            return "\n".join(lines) + (f"\n\n*{caption}*" if caption else "")
+        case Image(name, _, caption):
+            return f"![{caption}](figures/{name}.png)\n\n*{caption}*"
+    raise TypeError(f"unknown block {block!r}")
+
+
+def render_html(sections: list[Section], subtitle: str) -> str:
+    nav = " ".join(f'<a href="#{s.anchor}">{html.escape(s.title)}</a>' for s in sections)
+    body = "\n".join(f'<section id="{s.anchor}">\n<h2>{html.escape(s.title)}</h2>\n'
+                     + "\n".join(_html_block(b) for b in s.blocks) + "\n</section>"
+                     for s in sections)
+    return (f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f"<title>STARS report</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+            f"<h1>STARS report</h1>\n<p>{html.escape(subtitle)}</p>\n<nav>{nav}</nav>\n"
+            f"{body}\n</body>\n</html>\n")
+
+
+def render_markdown(sections: list[Section], subtitle: str) -> str:
+    parts = ["# STARS report", subtitle]
+    for s in sections:
+        parts.append(f"## {s.title}")
+        parts += [_md_block(b) for b in s.blocks]
+    return "\n\n".join(parts) + "\n"
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def build_sections(root: Path, cfg: ReportConfig) -> list[Section]:
+    """Every section, each either filled or saying why its source is not available."""
+    params = load_params(root / "params.yaml")
+    meta = evaluation = None
+    try:
+        meta = read_json(root / params.data.processed_dir / "meta.json")
+    except Unavailable:
+        pass  # sections that need the store say so themselves
+    try:
+        evaluation = read_json(root / "metrics" / "evaluate.json")
+    except Unavailable:
+        pass
+    ctx = Context(root=root, params=params, cfg=cfg, meta=meta, evaluation=evaluation)
+    sections = []
+    for anchor, title, builder in SECTIONS:
+        try:
+            blocks = builder(ctx)
+        except Unavailable as exc:
+            blocks = [_not_available(exc)]
+        sections.append(Section(anchor, title, blocks))
+    return sections
+
+
+def build_report(root: Path, cfg: ReportConfig, out_dir: Path) -> Path:
+    """Write `out_dir/report.html`, `out_dir/report.md` and `out_dir/figures/*.png`;
+    returns the HTML path."""
+    root, out_dir = Path(root).resolve(), Path(out_dir)
+    sections = build_sections(root, cfg)
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    subtitle = f"Generated {now} from {root}."
+    with atomic_dir(out_dir / "figures") as tmp:
+        for block in (b for s in sections for b in s.blocks if isinstance(b, Image)):
+            (tmp / f"{block.name}.png").write_bytes(block.png)
+    atomic_write_text(out_dir / "report.md", render_markdown(sections, subtitle))
+    atomic_write_text(out_dir / "report.html", render_html(sections, subtitle))
+    return out_dir / "report.html"
+
+
+def attach_to_mlflow(root: Path, tracking: TrackingConfig, out_dir: Path) -> str:
+    """Log the report and its figures under `report/` of the latest evaluate run.
+
+    Best effort: returns one line saying what was attached to which run, or why nothing was.
+    """
+    if not tracking.enabled:
+        return "report not attached to MLflow: tracking.enabled is false"
+    try:
+        run = latest_run(mlflow_runs(Path(root).resolve(), tracking), "evaluate")
+    except Unavailable as exc:
+        return f"report not attached to MLflow: {exc}"
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri=tracking_uri(tracking, Path(root).resolve()))
+    attached = []
+    try:
+        for name in ("report.html", "report.md"):
+            client.log_artifact(run.run_id, str(out_dir / name), "report")
+            attached.append(name)
+        pngs = sorted((out_dir / "figures").glob("*.png"))
+        client.log_artifacts(run.run_id, str(out_dir / "figures"), "report/figures")
+        attached.append(f"{len(pngs)} figures")
+    except (MlflowException, OSError) as exc:
+        done = ", ".join(attached) or "nothing"
+        return f"report partly attached to MLflow run {run.run_id} ({done}); then failed: {exc}"
+    return (f"attached {', '.join(attached)} to MLflow run {run.run_id} ({run.run_name}) "
+            "under report/")
