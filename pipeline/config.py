@@ -120,8 +120,8 @@ class PretrainConfig:
 class TuneConfig:
     """STARS nearest-neighbour contrastive tuning (stage `tune`)."""
 
-    epochs: int = _spec(10, ge=1)
-    batch_size: int = _spec(64, ge=2, help="global batch size, split across processes")
+    epochs: int = _spec(30, ge=1)
+    batch_size: int = _spec(32, ge=2, help="global batch size, split across processes")
     lr: float = _spec(1e-3, gt=0)
     layer_decay: float = _spec(0.45, gt=0, le=1)
     weight_decay: float = _spec(0.05, ge=0)
