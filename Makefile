@@ -7,7 +7,7 @@ PRESET ?= ntu60-xsub
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test test-all ui report bench lint exp
+.PHONY: help setup repro test test-slow test-all ui report bench lint exp
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -24,6 +24,9 @@ repro: setup  ## run the whole DVC pipeline (synthesize -> ... -> report)
 
 test: setup  ## the fast test suite
 	$(PY) -m pytest -m "not slow" -q
+
+test-slow: setup  ## only the slow tests (end-to-end DVC run, 2-process DDP, browser)
+	$(PY) -m pytest -m slow -q
 
 test-all: setup  ## every test, slow ones included
 	$(PY) -m pytest -q

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.common import cuda_sync, median_time
+from benchmarks.common import cuda_sync, machine, median_time
 
 
 def matmul_gflops(n: int, dtype: torch.dtype, device: str, repeats: int = 5) -> float:
@@ -16,8 +16,10 @@ def matmul_gflops(n: int, dtype: torch.dtype, device: str, repeats: int = 5) -> 
 
 
 def run(quick: bool = False) -> dict:
-    out = {"cpu_fp32_gflops": matmul_gflops(2048 if quick else 4096, torch.float32, "cpu"),
-           "cpu_matmul_n": 2048 if quick else 4096}
+    n = 512 if quick else 4096
+    out = {"cpu_fp32_gflops": matmul_gflops(n, torch.float32, "cpu"), "cpu_matmul_n": n,
+           # bf16 on the CPU (AMX / AVX512-BF16 where present): what CPU autocast could reach
+           "cpu_bf16_gflops": matmul_gflops(n, torch.bfloat16, "cpu"), "machine": machine()}
     if torch.cuda.is_available():
         out["gpu_bf16_gflops"] = matmul_gflops(8192, torch.bfloat16, "cuda", repeats=20)
         out["gpu_fp32_gflops"] = matmul_gflops(8192, torch.float32, "cuda", repeats=20)

@@ -1,4 +1,9 @@
-"""Shared benchmark helpers: timing medians, peak memory, machine description."""
+"""Shared benchmark helpers: timing medians, peak memory, machine description, model sizes
+and their analytical FLOP counts.
+
+torch is imported inside the helpers that use it: the preprocessing jobs import this module
+and must measure their own memory, not torch's (about 180 MB of RSS).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-import torch
+from pipeline.config import ModelConfig
 
 
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1,
@@ -34,17 +39,20 @@ def peak_rss_mb() -> float:
 
 
 def cuda_sync() -> None:
+    import torch
+
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
 
 def machine() -> dict:
+    import torch
+
     cpu = platform.processor() or "unknown"
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
     except OSError:
         pass
     return {
@@ -54,7 +62,59 @@ def machine() -> dict:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "malloc": {k: os.environ[k] for k in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
                    if k in os.environ},
     }
+
+
+def children_peak_rss_mb() -> float:
+    """Largest peak resident memory among this process's finished children (MB), e.g. the
+    workers of a multiprocessing pool that has been joined."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+# --------------------------------------------------------------------------- sizes and FLOPs
+
+
+def paper_model() -> ModelConfig:
+    """The paper's NTU-60 size: depth 8, width 256, 8 heads, 120 frames, 2 actors, decoder
+    depth 3 and width 256 (DESIGN.md section 3)."""
+    return ModelConfig(depth=8, dim=256, heads=8, mlp_ratio=4.0, frames=120, t_patch=4,
+                       actors=2, joints=25, decoder_depth=3, decoder_dim=256, decoder_heads=8)
+
+
+def tiny_model() -> ModelConfig:
+    """A model small enough for `--quick` (the smoke test), same code paths."""
+    return ModelConfig(depth=2, dim=32, heads=2, mlp_ratio=4.0, frames=16, t_patch=4,
+                       actors=2, joints=25, decoder_depth=1, decoder_dim=32, decoder_heads=2)
+
+
+def block_flops(S: int, W: int, mlp_ratio: float) -> float:
+    """Forward matmul FLOPs of one transformer block over S tokens of width W (2mkn per
+    (m x k) @ (k x n)): qkv 6SW^2 + QK^T 2S^2W + AV 2S^2W + proj 2SW^2 + MLP 4SWH, H = rW.
+    The same count as `pipeline.mamp.mamp_flops_per_sample`."""
+    H = int(W * mlp_ratio)
+    return 6 * S * W * W + 4 * S * S * W + 2 * S * W * W + 4 * S * W * H
+
+
+def encoder_flops(cfg: ModelConfig) -> dict[str, float]:
+    """Forward matmul FLOPs per sample of the encoder over all L tokens of all actors:
+    the embedding conv (2 L (t_patch 3) D) and each block, listed separately so a caller can
+    count the frozen and the tuned blocks apart."""
+    L = (cfg.frames // cfg.t_patch) * cfg.joints
+    embed = cfg.actors * 2 * L * cfg.t_patch * 3 * cfg.dim
+    block = cfg.actors * block_flops(L, cfg.dim, cfg.mlp_ratio)
+    return {"embed": float(embed), "block": float(block),
+            "forward": float(embed + cfg.depth * block), "tokens": L}
+
+
+def cpu_pressure() -> float | None:
+    """Share of the last 60 s in which some runnable task waited for a CPU (Linux PSI),
+    in percent: how contended the machine is; None where the kernel does not report it."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            some = f.readline().split()                    # some avg10=.. avg60=.. ...
+    except OSError:
+        return None
+    return float(dict(kv.split("=") for kv in some[1:])["avg60"])

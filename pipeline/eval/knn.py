@@ -90,9 +90,12 @@ def knn_predict(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray,
     preds = {k: torch.empty(len(queries), dtype=torch.int64, device=device) for k in ks}
     ambiguous = {k: [] for k in ks}
     with torch.inference_mode(), _full_fp32_matmul():
+        # One similarity buffer for every chunk: fresh 300 MB allocations per chunk cost
+        # page faults worth ~30% of the product time on the CPU (benchmarks/RESULTS.md).
+        buf = torch.empty(min(chunk, len(queries)), n_bank, device=device)
         for start in range(0, len(queries), chunk):
             q = torch.as_tensor(queries[start:start + chunk], dtype=torch.float32).to(device)
-            sim = F.normalize(q, dim=1) @ bank_t.T                  # (c, Nb)
+            sim = torch.mm(F.normalize(q, dim=1), bank_t.T, out=buf[:len(q)])  # (c, Nb)
             top_sim, top_idx = sim.topk(m, dim=1)                   # (c, m), descending
             for k in ks:
                 preds[k][start:start + len(q)] = _vote(codes_t[top_idx[:, :k]], len(classes))

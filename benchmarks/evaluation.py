@@ -1,0 +1,128 @@
+"""Evaluation speed: feature extraction, kNN at NTU-60 X-Sub scale, linear probe (both modes).
+
+Each function is one benchmark job run by `benchmarks.run` in a subprocess of its own.
+Features for kNN and the cached probe are random unit vectors of the real sizes: speed does
+not depend on what they encode.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.common import encoder_flops, median_time, paper_model, tiny_model
+from pipeline.config import EvalConfig, to_dict
+from pipeline.data.dataset import SkeletonDataset
+from pipeline.data.store import SampleMeta, Store, StoreWriter
+from pipeline.data.transforms import TrainTransform
+from pipeline.eval.knn import knn_predict
+from pipeline.eval.linear_probe import probe_cached, probe_paper
+from pipeline.model import Encoder
+from pipeline.tracking import NullTracker
+
+# NTU-60 X-Sub: 40,091 training and 16,487 test samples, 60 classes (DESIGN.md section 2).
+XSUB_TRAIN, XSUB_TEST, XSUB_CLASSES = 40_091, 16_487, 60
+
+
+def _unit_features(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    x = rng.standard_normal((n, dim), dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def features(quick: bool = False) -> dict:
+    """Encoder forward_features throughput under inference_mode, paper size."""
+    cfg, batch = (tiny_model(), 4) if quick else (paper_model(), 16)
+    torch.manual_seed(0)
+    encoder = Encoder(cfg).eval()
+    x = torch.randn(batch, cfg.actors, cfg.frames, cfg.joints, 3)   # (N, M, T, V, C)
+
+    def run() -> torch.Tensor:
+        with torch.inference_mode():
+            return encoder.forward_features(x)
+
+    sec, times = median_time(run, repeats=2 if quick else 3, warmup=1)
+    return {"model": to_dict(cfg), "batch": batch, "step_s": sec, "times": times,
+            "forward_gflop_per_sample": encoder_flops(cfg)["forward"] / 1e9}
+
+
+def knn(quick: bool = False) -> dict:
+    """k = 1 cosine kNN, ours vs scikit-learn's brute force, on the same random features."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    n_bank, n_query, dim = (2000, 500, 64) if quick else (XSUB_TRAIN, XSUB_TEST, 256)
+    rng = np.random.default_rng(0)
+    bank, queries = _unit_features(n_bank, dim, rng), _unit_features(n_query, dim, rng)
+    labels = rng.integers(0, XSUB_CLASSES, n_bank)
+    repeats = 1 if quick else 3
+    ours = {}
+    ours_s, ours_times = median_time(
+        lambda: ours.update(knn_predict(bank, labels, queries, ks=[1])), repeats, warmup=0)
+    theirs = {}
+
+    def sklearn_predict() -> None:
+        clf = KNeighborsClassifier(n_neighbors=1, metric="cosine", algorithm="brute")
+        theirs[1] = clf.fit(bank, labels).predict(queries)
+
+    sk_s, sk_times = median_time(sklearn_predict, repeats=1 if quick else 2, warmup=0)
+    return {"bank": n_bank, "queries": n_query, "dim": dim,
+            "product_gflop": 2 * n_bank * n_query * dim / 1e9,
+            "ours_s": ours_s, "ours_times": ours_times, "sklearn_s": sk_s,
+            "sklearn_times": sk_times, "identical": bool(np.array_equal(ours[1], theirs[1]))}
+
+
+def _random_store(path: Path, n: int, classes: int, rng: np.random.Generator) -> Store:
+    """n samples of 60-150 frames (one actor, the second absent) in a real packed store."""
+    names = [f"class{c}" for c in range(classes)]
+    with StoreWriter(path, dataset="synthetic", benchmark="xsub", class_names=names) as w:
+        for i in range(n):
+            frames = np.zeros((int(rng.integers(60, 151)), 2, 25, 3), np.float32)
+            frames[:, 0] = rng.standard_normal((len(frames), 25, 3)).cumsum(0) * 0.01
+            w.add(SampleMeta(name=f"S001C001P{i + 1:03d}R001A{i % classes + 1:03d}",
+                             label=i % classes, performer=i + 1, camera=1, setup=1,
+                             replication=1, split="train"), frames)
+    return Store.open(path)
+
+
+def probe(quick: bool = False) -> dict:
+    """Linear probe time. Cached: `probe_epochs` epochs on NTU-60 X-Sub-sized features.
+    Paper: one epoch through the frozen paper-size encoder (train transform, `fit`) on a
+    small store, extrapolated per sample to the X-Sub train split."""
+    cfg = EvalConfig()
+    rng = np.random.default_rng(0)
+    n_train, n_test, dim = (1000, 200, 32) if quick else (XSUB_TRAIN, XSUB_TEST, 256)
+    cached_cfg = EvalConfig(probe_epochs=2) if quick else cfg
+    train_labels = rng.integers(0, XSUB_CLASSES, n_train)
+    test_labels = rng.integers(0, XSUB_CLASSES, n_test)
+    train_feats, test_feats = _unit_features(n_train, dim, rng), _unit_features(n_test, dim, rng)
+    start = time.perf_counter()
+    probe_cached(train_feats, train_labels, test_feats, test_labels, cached_cfg)
+    cached_s = time.perf_counter() - start
+
+    model_cfg, n, batch = (tiny_model(), 8, 4) if quick else (paper_model(), 48, 16)
+    paper_cfg = EvalConfig(probe_epochs=1, probe_batch_size=batch)
+    classes = 4
+    with tempfile.TemporaryDirectory(prefix="bench-probe-") as tmp:
+        store = _random_store(Path(tmp) / "store", n, classes, rng)
+        dataset = SkeletonDataset(store, np.arange(n), TrainTransform(model_cfg.frames))
+        labels = store.index["label"].to_numpy()
+        torch.manual_seed(0)
+        encoder = Encoder(model_cfg)
+        test_labels = np.arange(2 * classes) % classes
+        test_feats = _unit_features(len(test_labels), model_cfg.dim, rng)
+        start = time.perf_counter()
+        probe_paper(encoder, dataset, labels, test_feats, test_labels, paper_cfg,
+                    ckpt_dir=Path(tmp) / "ckpt", config={}, fingerprint="bench",
+                    tracker=NullTracker(), workers=0)
+        paper_s = time.perf_counter() - start
+    per_sample = paper_s / n
+    return {"cached_epochs": cached_cfg.probe_epochs, "cached_train": n_train,
+            "cached_batch": cached_cfg.probe_batch_size, "cached_s": cached_s,
+            "paper_model": to_dict(model_cfg), "paper_samples": n, "paper_batch": batch,
+            "paper_measured_s": paper_s, "paper_s_per_sample": per_sample,
+            "paper_epoch_s_xsub": per_sample * XSUB_TRAIN,
+            "paper_total_s_xsub": per_sample * XSUB_TRAIN * cfg.probe_epochs,
+            "paper_epochs": cfg.probe_epochs}

@@ -1,0 +1,46 @@
+"""Smoke tests of `make bench` (benchmarks/run.py) at `--quick` sizes, outputs in tmp_path."""
+
+import json
+
+import pytest
+
+from benchmarks.run import SECTIONS, main
+
+
+@pytest.mark.slow
+def test_quick_run_writes_every_section_to_results_md_and_json(tmp_path):
+    assert main(["--quick", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "results.json").read_text())
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert set(report["sections"]) == set(SECTIONS)
+    assert {"cpu", "cores", "torch", "date"} <= set(report["machine"])
+    assert report["quick"] and "--quick" in report["command"]
+    assert "ERROR" not in md
+    sec = {name: s["figures"] for name, s in report["sections"].items()}
+    assert sec["ceiling"]["cpu_fp32_gflops"] > 0
+    for size in ("paper", "default"):
+        for alloc in ("glibc default", "keep freed"):
+            fig = sec["pretrain"][f"{size}|{alloc}"]
+            assert fig["samples_per_s"] > 0 and 0 < fig["mfu"] and fig["peak_rss_mb"] > 0
+        assert sec["pretrain"][f"{size}|keep_freed_speedup"] > 0
+    for batch in (8, 32):
+        assert sec["tune"][f"batch {batch}"]["samples_per_s"] > 0
+    assert sec["eval"]["features"]["samples_per_s"] > 0
+    assert sec["eval"]["knn"]["identical"] is True
+    assert sec["eval"]["probe"]["paper_epoch_s_xsub"] > 0
+    assert sec["preprocess"]["parse"]["mb_per_s"] > 0
+    assert sec["preprocess"]["large"]["stored"] == sec["preprocess"]["generate"]["linked_files"]
+    assert sec["preprocess"]["peak_growth"] > 0
+    for title in ("Matrix-product ceiling", "MAMP pretraining", "STARS tuning", "kNN",
+                  "Preprocessing"):
+        assert title in md
+
+
+def test_only_one_section_keeps_the_others_from_the_previous_results(tmp_path):
+    kept = {"figures": {"x": 1}, "rows": [], "notes": [], "date": "earlier"}
+    (tmp_path / "results.json").write_text(json.dumps({"sections": {"tune": kept}}))
+    assert main(["--quick", "--only", "ceiling", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert report["sections"]["tune"] == kept
+    assert report["sections"]["ceiling"]["figures"]["cpu_fp32_gflops"] > 0
+    assert "## 1. Matrix-product ceiling" in (tmp_path / "RESULTS.md").read_text()
