@@ -14,7 +14,7 @@ import typing
 from pathlib import Path
 
 from pipeline.config import SynthConfig, load_params, parse_params
-from pipeline.errors import UserError
+from pipeline.errors import cli_exit_code
 
 
 def _add_synth_overrides(parser: argparse.ArgumentParser) -> None:
@@ -114,12 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return cli_exit_code(lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ with one line naming the key, the value and what is allowed, e.g.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,7 +251,7 @@ def _check_scalar(key: str, value: Any, tp: Any, meta: dict) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad()
         value = float(value)
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(value):
             raise bad()
     elif tp is str:
         if not isinstance(value, str):

@@ -1,5 +1,8 @@
 """User-facing errors: caught at the CLI boundary and printed as one line (no traceback)."""
 
+import sys
+from collections.abc import Callable
+
 
 class UserError(Exception):
     """Bad input or configuration: the message names the file/key, the bad value and the fix."""
@@ -11,3 +14,14 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A raw or processed data file is malformed; the message names file, line and expectation."""
+
+
+def cli_exit_code(run: Callable[[], object]) -> int:
+    """Run a command-line action: 0 on success; a user error becomes one line on stderr and
+    exit status 2 (bugs keep their traceback)."""
+    try:
+        run()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -117,7 +117,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 def _git_commit(root: Path) -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=10)
+                             text=True, timeout=10, check=False)
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"

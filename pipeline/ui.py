@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import TrackingConfig, load_params
-from pipeline.errors import UserError
+from pipeline.errors import UserError, cli_exit_code
 from pipeline.tracking import repo_root, tracking_uri
 
 
@@ -48,7 +48,7 @@ def serve(root: str | Path, host: str = "127.0.0.1", port: int = 5000,
     uri = tracking_uri(tracking, Path(root).resolve())
     db = uri.removeprefix("sqlite:///")
     if uri.startswith("sqlite:///") and not Path(db).is_file():
-        raise UserError(f"no MLflow store at {db}: run a stage first (e.g. make pretrain), "
+        raise UserError(f"no MLflow store at {db}: run the pipeline first (make repro), "
                         "or point MLFLOW_TRACKING_URI at your store")
     _check_port_free(host, port)
     print(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C to stop)", flush=True)
@@ -63,14 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--params", default="params.yaml", help="parameters file (tracking group)")
     args = parser.parse_args(argv)
-    try:
-        params_path = Path(args.params)
-        serve(repo_root(params_path.resolve().parent), args.host, args.port,
-              load_params(params_path).tracking)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    params_path = Path(args.params)
+    return cli_exit_code(lambda: serve(repo_root(params_path.resolve().parent), args.host,
+                                       args.port, load_params(params_path).tracking))
 
 
 if __name__ == "__main__":

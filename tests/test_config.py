@@ -1,5 +1,6 @@
 """params.yaml validation: every bad value fails before any work, naming key, value and fix."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -76,5 +77,5 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 def test_config_is_frozen():
     params = parse_params({})
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         params.tune.epochs = 3  # type: ignore[misc]

@@ -74,8 +74,7 @@ def test_failed_stage_marks_run_failed(repo):
     from mlflow.tracking import MlflowClient
 
     params = parse_params({})
-    with pytest.raises(RuntimeError):
-        with start_run("pretrain", params) as tracker:
-            run_id = tracker.run_id
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), start_run("pretrain", params) as tracker:
+        run_id = tracker.run_id
+        raise RuntimeError("boom")
     assert MlflowClient(tracking_uri(None, repo)).get_run(run_id).info.status == "FAILED"

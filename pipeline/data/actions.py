@@ -6,14 +6,13 @@ Used by the synthetic generator::
     actors = perform(ACTIONS[k], [performer, partner], rng, min_frames=30, max_frames=120)
     # -> one (xyz (T, 25, 3), rot (T, 25, 3, 3)) per actor, world frame, floor at y = 0
 
-Each action writes angles into a `Pose` (one per actor) as functions of the normalised action
-time u in [0, 1]; u stays 0 before the performer's onset and 1 after the action ends, so a
-sequence starts and ends with a stretch of idle standing, like NTU clips. Style lives in the
-performer (speed, amplitude, handedness, posture, how sharply they move) and is shared by all
-their samples; each repetition perturbs it a little, so cross-subject evaluation asks for
-generalisation to unseen styles. Classes come in confusable groups (wave / point / punch,
-drink / touch head / phone call, squat / sit down / pick up / bow, handshake / give object /
-high five) so that accuracy is informative.
+Each action writes angles into a `Pose` (one per actor, see `poses.py`) as functions of the
+normalised action time u in [0, 1]; u stays 0 before the performer's onset and 1 after the
+action ends, so a sequence starts and ends with a stretch of idle standing, like NTU clips.
+The single-person actions live here, the two-person interactions in `actions_two_person.py`.
+Classes come in confusable groups (wave / point / punch, drink / touch head / phone call,
+squat / sit down / pick up / bow, handshake / give object / high five) so that accuracy is
+informative.
 """
 
 from __future__ import annotations
@@ -23,184 +22,35 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from pipeline.data.skeleton_model import (
-    J,
-    V,
-    bone_lengths,
-    forward_kinematics,
-    leg_ik,
-    pelvis_height,
-    yaw_matrix,
+from pipeline.data.actions_two_person import (
+    give_object,
+    handshake,
+    high_five,
+    hug,
+    punch_other,
+    push,
 )
+from pipeline.data.poses import (
+    FPS,
+    D,
+    Performer,
+    Pose,
+    Style,
+    drift,
+    hands,
+    hold,
+    osc,
+    rise,
+    sample_performer,
+    vary,
+)
+from pipeline.data.skeleton_model import forward_kinematics, yaw_matrix
 
-FPS = 30
-D = np.pi / 180  # degrees -> radians
-
-
-@dataclass(frozen=True)
-class Style:
-    """How one performer moves; every sample of the performer shares it."""
-
-    speed: float          # > 1 is faster (shorter clips)
-    amp: float            # scales action amplitudes
-    right_handed: bool
-    sharp: float          # 0 smooth .. 1 abrupt movement onsets
-    lean: float           # spine forward lean (rad)
-    head_tilt: float      # (rad)
-    stance: float         # hip abduction (rad)
-    arm_carry: float      # idle arm abduction (rad)
-    elbow_carry: float    # idle elbow flexion (rad)
-    sway: float           # idle sway amplitude (m)
-    onset: float          # fraction of the clip before the action starts
-    tail: float           # fraction of the clip after it ends
-
-
-@dataclass(frozen=True)
-class Performer:
-    height: float
-    lengths: np.ndarray   # (V,) segment lengths, see skeleton_model.bone_lengths
-    style: Style
-
-
-def sample_performer(rng: np.random.Generator) -> Performer:
-    """A performer: height 1.5-1.95 m, slightly individual proportions, a movement style."""
-    height = rng.uniform(1.5, 1.95)
-    limb_scale = tuple(rng.normal(1.0, 0.03, 3).clip(0.92, 1.08))
-    style = Style(speed=float(np.exp(rng.normal(0, 0.15)).clip(0.75, 1.35)),
-                  amp=rng.uniform(0.8, 1.2), right_handed=bool(rng.random() < 0.85),
-                  sharp=rng.uniform(0, 1), lean=rng.normal(4, 3) * D,
-                  head_tilt=rng.normal(0, 4) * D, stance=rng.uniform(2, 8) * D,
-                  arm_carry=rng.uniform(4, 12) * D, elbow_carry=rng.uniform(5, 20) * D,
-                  sway=rng.uniform(0.005, 0.02), onset=rng.uniform(0.04, 0.15),
-                  tail=rng.uniform(0.04, 0.15))
-    return Performer(height=height, lengths=bone_lengths(height, limb_scale), style=style)
-
-
-def vary(style: Style, rng: np.random.Generator) -> Style:
-    """Per-repetition variation of a performer's style."""
-    return replace(style, speed=style.speed * np.exp(rng.normal(0, 0.08)),
-                   amp=style.amp * np.exp(rng.normal(0, 0.08)),
-                   onset=float(np.clip(style.onset + rng.normal(0, 0.04), 0.02, 0.3)),
-                   tail=float(np.clip(style.tail + rng.normal(0, 0.04), 0.02, 0.3)))
-
-
-# --------------------------------------------------------------------------- envelopes
-
-
-def rise(u: np.ndarray, a: float, b: float, sharp: float = 0.0) -> np.ndarray:
-    """0 before a, 1 after b; smoothstep, pushed towards a fast start by `sharp`."""
-    x = np.clip((u - a) / max(b - a, 1e-6), 0, 1)
-    x = x ** (1 - 0.5 * sharp)
-    return x * x * (3 - 2 * x)
-
-
-def hold(u: np.ndarray, a: float, b: float, c: float, d: float, sharp: float = 0.0
-         ) -> np.ndarray:
-    """Rises over [a, b], stays 1, falls over [c, d]."""
-    return rise(u, a, b, sharp) * (1 - rise(u, c, d, sharp))
-
-
-def osc(u: np.ndarray, cycles: float, a: float, b: float, phase: float = 0.0) -> np.ndarray:
-    """sin oscillation with `cycles` periods over [a, b], 0 outside."""
-    x = np.clip((u - a) / (b - a), 0, 1)
-    return np.sin(2 * np.pi * cycles * x + phase) * ((u > a) & (u < b))
-
-
-def drift(rng: np.random.Generator, T: int, n: int = 3) -> np.ndarray:
-    """Smooth random signal (T,) in about [-1, 1]: a few slow sinusoids (0.1-0.7 Hz)."""
-    t = np.arange(T) / FPS
-    f = rng.uniform(0.1, 0.7, n)
-    ph = rng.uniform(0, 2 * np.pi, n)
-    return np.sin(2 * np.pi * f[:, None] * t + ph[:, None]).sum(0) / np.sqrt(n)
-
-
-# --------------------------------------------------------------------------- pose builder
-
-
-class Pose:
-    """Angles (T, V, 3) and root (T, 3) of one actor in its body frame (x left, y up,
-    z forward). Every method adds to what is there, so idle motion and actions layer."""
-
-    def __init__(self, T: int, performer: Performer, rng: np.random.Generator):
-        self.T, self.lengths, self.style = T, performer.lengths, performer.style
-        self.angles = np.zeros((T, V, 3))
-        self.root = np.zeros((T, 3))
-        self.root[:, 1] = pelvis_height(self.lengths)
-        self._idle(rng)
-
-    def _idle(self, rng: np.random.Generator) -> None:
-        s, T = self.style, self.T
-        self.root[:, 0] += s.sway * drift(rng, T)
-        self.root[:, 2] += 0.5 * s.sway * drift(rng, T)
-        self.spine(bend=s.lean + 0.02 * drift(rng, T), side=0.02 * drift(rng, T))
-        self.head(nod=s.head_tilt + 0.05 * drift(rng, T), turn=0.08 * drift(rng, T))
-        for side in "lr":
-            self.arm(side, abd=s.arm_carry + 0.03 * drift(rng, T),
-                     flex=0.05 * drift(rng, T), elbow=s.elbow_carry)
-            self.leg(side, abd=s.stance)
-
-    @staticmethod
-    def _sign(side: str) -> float:
-        return 1.0 if side == "l" else -1.0
-
-    def _add(self, joint: str, x=0.0, y=0.0, z=0.0) -> None:
-        self.angles[:, J[joint], 0] += x
-        self.angles[:, J[joint], 1] += y
-        self.angles[:, J[joint], 2] += z
-
-    def arm(self, side: str, flex=0.0, abd=0.0, swing=0.0, elbow=0.0, wrist=0.0) -> None:
-        """flex: raise forward; abd: raise sideways; swing: rotate outward about the vertical
-        after flexing (a twist when the arm hangs); elbow: flexion; wrist: hand flexion."""
-        s = self._sign(side)
-        self._add(f"elbow_{side}", x=-flex, y=s * swing, z=s * abd)
-        self._add(f"wrist_{side}", x=-elbow)
-        self._add(f"hand_{side}", x=-wrist)
-
-    def leg(self, side: str, flex=0.0, knee=0.0, abd=0.0, ankle=0.0) -> None:
-        """flex: hip flexion (thigh forward); knee: flexion (shin back); abd: outward."""
-        s = self._sign(side)
-        self._add(f"knee_{side}", x=-flex, z=s * abd)
-        self._add(f"ankle_{side}", x=knee)
-        self._add(f"foot_{side}", x=ankle)
-
-    def spine(self, bend=0.0, side=0.0, twist=0.0) -> None:
-        """bend: forward (negative leans back); side: towards the left; twist: to the left."""
-        for joint in ("spine_mid", "spine_shoulder"):
-            self._add(joint, x=bend / 2, y=twist / 2, z=-side / 2)
-
-    def head(self, nod=0.0, turn=0.0, tilt=0.0) -> None:
-        self._add("neck", x=0.3 * nod, y=0.5 * turn)
-        self._add("head", x=0.7 * nod, y=0.5 * turn, z=-tilt)
-
-    def body(self, pitch=0.0, yaw=0.0, dx=0.0, dy=0.0, dz=0.0) -> None:
-        """Whole-body rotation (pitch forward, yaw left) and translation of the pelvis."""
-        self._add("spine_base", x=pitch, y=yaw)
-        self.root[:, 0] += dx
-        self.root[:, 1] += dy
-        self.root[:, 2] += dz
-
-    def crouch(self, drop, back=0.0, pitch=0.0) -> None:
-        """Lower the pelvis by `drop` and move it `back` with the feet kept flat where they
-        stand (leg IK); `pitch` tilts the trunk forward around the hips."""
-        drop, back, pitch = (np.broadcast_to(a, (self.T,)).astype(float)
-                             for a in (drop, back, pitch))
-        thigh, shin = self.lengths[J["knee_l"]], self.lengths[J["ankle_l"]]
-        hip, knee = leg_ik(back, thigh + shin - drop, thigh, shin)
-        self.body(pitch=pitch, dy=-drop, dz=-back)
-        for side in "lr":
-            self.leg(side, flex=hip + pitch, knee=knee, ankle=hip - knee)
-
-    def step(self, side: str, lift) -> None:
-        """Lift one foot (0..1): hip and knee flex, like marching."""
-        self.leg(side, flex=50 * D * lift, knee=85 * D * lift, ankle=-20 * D * lift)
+__all__ = ["ACTIONS", "FPS", "Action", "Performer", "Pose", "Style", "perform",
+           "sample_performer"]
 
 
 # --------------------------------------------------------------------------- single-person
-
-
-def _hands(s: Style) -> tuple[str, str]:
-    """(dominant, other) side."""
-    return ("r", "l") if s.right_handed else ("l", "r")
 
 
 def wave(side: str) -> Callable:
@@ -227,7 +77,7 @@ def clap(p, u, rng) -> None:
 
 def punch(p, u, rng) -> None:
     (a,), s = p, p[0].style
-    dom, oth = _hands(s)
+    dom, oth = hands(s)
     guard = hold(u, 0.0, 0.2, 0.85, 1.0)
     hit = hold(u, 0.4, 0.48 - 0.04 * s.sharp, 0.56, 0.68)
     sgn = 1 if dom == "l" else -1
@@ -240,7 +90,7 @@ def punch(p, u, rng) -> None:
 
 def kick(p, u, rng) -> None:
     (a,), s = p, p[0].style
-    dom, oth = _hands(s)
+    dom, oth = hands(s)
     chamber = hold(u, 0.15, 0.35, 0.65, 0.85)
     extend = hold(u, 0.35, 0.45 - 0.05 * s.sharp, 0.5, 0.65)
     a.leg(dom, flex=(60 * chamber + 25 * extend * s.amp) * D, knee=(90 * chamber - 80 * extend) * D)
@@ -285,7 +135,7 @@ def reach_up(p, u, rng) -> None:
     (a,), s = p, p[0].style
     env = hold(u, 0.0, 0.35, 0.65, 1.0, s.sharp)
     both = rng.random() < 0.7
-    for side in ("lr" if both else _hands(s)[0]):
+    for side in ("lr" if both else hands(s)[0]):
         a.arm(side, flex=(150 + 20 * s.amp) * D * env, elbow=-s.elbow_carry * env)
     a.spine(bend=-10 * D * env)
     a.head(nod=-25 * D * env)
@@ -295,7 +145,7 @@ def reach_up(p, u, rng) -> None:
 
 def throw(p, u, rng) -> None:
     (a,), s = p, p[0].style
-    dom, oth = _hands(s)
+    dom, oth = hands(s)
     sgn = 1 if dom == "l" else -1
     cock = hold(u, 0.0, 0.35, 0.4, 0.55)
     release = hold(u, 0.4, 0.5 - 0.05 * s.sharp, 0.6, 0.95)
@@ -342,7 +192,7 @@ def stand_up(p, u, rng) -> None:
 
 def point(p, u, rng) -> None:
     (a,), s = p, p[0].style
-    dom, _ = _hands(s)
+    dom, _ = hands(s)
     env = hold(u, 0.0, 0.25, 0.75, 1.0, s.sharp)
     a.arm(dom, flex=rng.uniform(70, 100) * D * env, swing=rng.uniform(-20, 30) * D * env,
           elbow=-s.elbow_carry * env, wrist=-10 * D * env)
@@ -351,7 +201,7 @@ def point(p, u, rng) -> None:
 
 def touch_head(p, u, rng) -> None:
     (a,), s = p, p[0].style
-    dom, _ = _hands(s)
+    dom, _ = hands(s)
     env = hold(u, 0.0, 0.3, 0.7, 1.0, s.sharp)
     a.arm(dom, flex=120 * D * env, swing=-25 * D * env, elbow=135 * D * env)
     a.head(nod=15 * D * env, tilt=(8 if dom == "l" else -8) * D * env)
@@ -359,7 +209,7 @@ def touch_head(p, u, rng) -> None:
 
 def drink(p, u, rng) -> None:
     (a,), s = p, p[0].style
-    dom, _ = _hands(s)
+    dom, _ = hands(s)
     env = hold(u, 0.0, 0.3, 0.7, 1.0, s.sharp)
     a.arm(dom, flex=50 * D * env, swing=-35 * D * env, elbow=135 * D * env)
     a.head(nod=-20 * D * hold(u, 0.25, 0.4, 0.6, 0.75))
@@ -367,7 +217,7 @@ def drink(p, u, rng) -> None:
 
 def phone_call(p, u, rng) -> None:
     (a,), s = p, p[0].style
-    dom, _ = _hands(s)
+    dom, _ = hands(s)
     env = hold(u, 0.0, 0.25, 0.8, 1.0, s.sharp)
     a.arm(dom, flex=30 * D * env, abd=35 * D * env, swing=-20 * D * env, elbow=150 * D * env)
     a.head(tilt=(10 if dom == "l" else -10) * D * env, turn=0.1 * drift(rng, a.T) * env)
@@ -395,7 +245,7 @@ def turn_around(p, u, rng) -> None:
 
 def pick_up(p, u, rng) -> None:
     (a,), s = p, p[0].style
-    dom, _ = _hands(s)
+    dom, _ = hands(s)
     env = hold(u, 0.0, 0.4, 0.55, 1.0, s.sharp)
     a.crouch(drop=0.2 * env, back=0.1 * env, pitch=45 * D * env)
     a.spine(bend=30 * D * env)
@@ -419,7 +269,7 @@ def cross_arms(p, u, rng) -> None:
 
 def hop(p, u, rng) -> None:
     (a,), s = p, p[0].style
-    oth = _hands(s)[1]                    # stand on the dominant leg
+    oth = hands(s)[1]                    # stand on the dominant leg
     env = hold(u, 0.0, 0.15, 0.85, 1.0)
     n = rng.uniform(2, 4) * s.speed
     a.leg(oth, knee=90 * D * env, flex=10 * D * env)
@@ -434,80 +284,6 @@ def stretch(p, u, rng) -> None:
     for side in "lr":
         a.arm(side, abd=(85 + 10 * s.amp) * D * env, elbow=-s.elbow_carry * env)
     a.spine(bend=-8 * D * env, side=10 * D * osc(u, 1, 0.3, 0.7))
-
-
-# --------------------------------------------------------------------------- two-person
-# Actor 0 initiates; both stand facing each other, actor 1 `gap` metres away.
-
-
-def handshake(p, u, rng) -> None:
-    env = hold(u, 0.0, 0.3, 0.75, 1.0, p[0].style.sharp)
-    pump = osc(u, rng.uniform(2, 3.5), 0.3, 0.75)
-    for a in p:
-        a.arm("r", flex=(45 + 8 * pump) * D * env, swing=-12 * D * env, elbow=40 * D * env)
-        a.body(dz=0.1 * env)
-
-
-def push(p, u, rng) -> None:
-    (a, b), s = p, p[0].style
-    reach = hold(u, 0.0, 0.35, 0.5, 0.8)
-    shove = hold(u, 0.35, 0.42 - 0.04 * s.sharp, 0.5, 0.8)
-    for side in "lr":
-        a.arm(side, flex=85 * D * reach, swing=-10 * D * reach, elbow=(90 * reach - 80 * shove) * D)
-        b.arm(side, abd=35 * D * shove, elbow=30 * D * shove)
-    a.body(dz=0.2 * reach + 0.1 * shove)
-    a.spine(bend=10 * D * shove)
-    back = rise(u, 0.4, 0.6)
-    b.body(dz=-(0.2 + 0.15 * s.amp) * back)
-    b.spine(bend=-15 * D * hold(u, 0.4, 0.5, 0.6, 0.8))
-    b.step("l", hold(u, 0.42, 0.5, 0.52, 0.62))
-
-
-def hug(p, u, rng) -> None:
-    env = hold(u, 0.1, 0.4, 0.7, 0.95)
-    for i, a in enumerate(p):
-        a.body(dz=0.3 * env)
-        a.spine(bend=10 * D * env)
-        for side in "lr":
-            a.arm(side, flex=(80 + (20 if (side == "l") == (i == 0) else -10)) * D * env,
-                  swing=-35 * D * env, elbow=70 * D * env)
-
-
-def give_object(p, u, rng) -> None:
-    (a, b) = p
-    give = hold(u, 0.0, 0.35, 0.6, 0.85)
-    take = hold(u, 0.2, 0.45, 0.55, 1.0)
-    dom_a, dom_b = _hands(a.style)[0], _hands(b.style)[0]
-    a.arm(dom_a, flex=55 * D * give, elbow=45 * D * give, swing=-10 * D * give)
-    b.arm(dom_b, flex=50 * D * take, elbow=(50 * take + 40 * rise(u, 0.6, 1.0)) * D)
-    a.body(dz=0.08 * give)
-    b.body(dz=0.08 * take)
-
-
-def high_five(p, u, rng) -> None:
-    env = hold(u, 0.0, 0.4, 0.55, 0.9, p[0].style.sharp)
-    for a in p:
-        a.arm("r", flex=(140 + 10 * a.style.amp) * D * env, swing=-15 * D * env,
-              elbow=20 * D * env)
-        a.body(dz=0.1 * env)
-
-
-def punch_other(p, u, rng) -> None:
-    (a, b), s = p, p[0].style
-    dom, oth = _hands(s)
-    guard = hold(u, 0.0, 0.25, 0.75, 1.0)
-    hit = hold(u, 0.4, 0.48 - 0.04 * s.sharp, 0.55, 0.7)
-    a.arm(dom, flex=(60 * guard + 35 * hit) * D, elbow=(120 * guard - 115 * hit) * D,
-          swing=-15 * D * guard)
-    a.arm(oth, flex=60 * D * guard, elbow=120 * D * guard)
-    a.body(dz=0.15 * hit)
-    a.spine(twist=(20 if dom == "r" else -20) * D * hit)
-    flinch = hold(u, 0.47, 0.55, 0.65, 0.85)
-    b.spine(bend=-20 * D * flinch)
-    b.head(nod=-20 * D * flinch)
-    b.body(dz=-0.12 * flinch)
-    for side in "lr":
-        b.arm(side, flex=70 * D * flinch, elbow=100 * D * flinch)
 
 
 # --------------------------------------------------------------------------- the library

@@ -85,7 +85,11 @@ def parse_name(path: str | Path) -> SampleName:
 
 def read_skeleton(path: str | Path) -> RawSkeleton:
     """Read and parse one `.skeleton` file."""
-    return parse_skeleton(Path(path).read_bytes(), str(path))
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror}); check the path") from None
+    return parse_skeleton(data, str(path))
 
 
 def parse_skeleton(data: bytes, path: str = "<bytes>") -> RawSkeleton:

@@ -12,10 +12,8 @@ repository, no MLflow store) the section says "not available: <why>" instead.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import datetime
-import html
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +24,17 @@ from pipeline.config import Params, ReportConfig, TrackingConfig, load_params
 from pipeline.io import atomic_dir, atomic_write_text
 from pipeline.report import figures
 from pipeline.report.published import benchmark_name, published
+from pipeline.report.render import (
+    DASH,
+    Block,
+    Code,
+    Image,
+    Section,
+    Table,
+    Text,
+    render_html,
+    render_markdown,
+)
 from pipeline.report.sources import (
     Unavailable,
     dvc_experiments,
@@ -40,7 +49,6 @@ from pipeline.report.sources import (
 
 MODELS = ("mamp", "stars")
 MODEL_NAMES = {"mamp": "MAMP", "stars": "STARS"}
-DASH = "–"
 
 # Results columns: (header, our flat metric key, published key). Few-shot follows the
 # release's protocol (kNN k=1 over a labelled bank of novel classes, DESIGN.md section 4).
@@ -55,40 +63,7 @@ FRAMES_PER_STRIP = 8
 PERCENT = 100.0
 
 
-# --------------------------------------------------------------------------- document model
-
-
-@dataclasses.dataclass(frozen=True)
-class Text:
-    text: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Code:
-    text: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Table:
-    df: pd.DataFrame
-    caption: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class Image:
-    name: str  # file stem under figures/
-    png: bytes
-    caption: str
-
-
-Block = Text | Code | Table | Image
-
-
-@dataclasses.dataclass(frozen=True)
-class Section:
-    anchor: str
-    title: str
-    blocks: list[Block]
+# --------------------------------------------------------------------------- context
 
 
 @dataclasses.dataclass(frozen=True)
@@ -352,89 +327,6 @@ SECTIONS: tuple[tuple[str, str, Callable[[Context], list[Block]]], ...] = (
     ("data", "The data", _data_picture),
     ("provenance", "Provenance", _provenance),
 )
-
-
-# --------------------------------------------------------------------------- rendering
-
-_CSS = """
-body { font: 15px/1.45 system-ui, sans-serif; max-width: 1200px; margin: 2em auto;
-       padding: 0 1em; color: #222; }
-h1 { margin-bottom: 0.2em; }
-h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
-nav a { margin-right: 1em; }
-table { border-collapse: collapse; margin: 0.8em 0; font-size: 13px; }
-th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
-th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
-caption { caption-side: bottom; text-align: left; color: #555; font-size: 13px; padding-top: 4px; }
-figure { margin: 1em 0; } figure img { max-width: 100%; }
-figcaption { color: #555; font-size: 13px; }
-pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 12px; }
-p.na { color: #a33; }
-"""
-
-
-def _html_block(block: Block) -> str:
-    match block:
-        case Text(text):
-            cls = ' class="na"' if text.startswith("not available") else ""
-            return f"<p{cls}>{html.escape(text)}</p>"
-        case Code(text):
-            return f"<pre>{html.escape(text)}</pre>"
-        case Table(df, caption):
-            table = df.to_html(index=False, border=0, na_rep=DASH, escape=True)
-            if not caption:
-                return table
-            head, rest = table.split("\n", 1)  # caption goes right after the <table> tag
-            return f"{head}\n<caption>{html.escape(caption)}</caption>\n{rest}"
-        case Image(name, png, caption):
-            data = base64.b64encode(png).decode("ascii")
-            return (f'<figure id="fig-{name}"><img src="data:image/png;base64,{data}" '
-                    f'alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}'
-                    "</figcaption></figure>")
-    raise TypeError(f"unknown block {block!r}")
-
-
-def _md_cell(value: object) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return DASH
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def _md_block(block: Block) -> str:
-    match block:
-        case Text(text):
-            return text
-        case Code(text):
-            return f"```yaml\n{text.rstrip()}\n```"
-        case Table(df, caption):
-            lines = ["| " + " | ".join(_md_cell(c) for c in df.columns) + " |",
-                     "|" + "---|" * len(df.columns)]
-            lines += ["| " + " | ".join(_md_cell(v) for v in row) + " |"
-                      for row in df.itertuples(index=False)]
-            return "\n".join(lines) + (f"\n\n*{caption}*" if caption else "")
-        case Image(name, _, caption):
-            return f"![{caption}](figures/{name}.png)\n\n*{caption}*"
-    raise TypeError(f"unknown block {block!r}")
-
-
-def render_html(sections: list[Section], subtitle: str) -> str:
-    nav = " ".join(f'<a href="#{s.anchor}">{html.escape(s.title)}</a>' for s in sections)
-    body = "\n".join(f'<section id="{s.anchor}">\n<h2>{html.escape(s.title)}</h2>\n'
-                     + "\n".join(_html_block(b) for b in s.blocks) + "\n</section>"
-                     for s in sections)
-    return (f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f"<title>STARS report</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-            f"<h1>STARS report</h1>\n<p>{html.escape(subtitle)}</p>\n<nav>{nav}</nav>\n"
-            f"{body}\n</body>\n</html>\n")
-
-
-def render_markdown(sections: list[Section], subtitle: str) -> str:
-    parts = ["# STARS report", subtitle]
-    for s in sections:
-        parts.append(f"## {s.title}")
-        parts += [_md_block(b) for b in s.blocks]
-    return "\n\n".join(parts) + "\n"
-
 
 # --------------------------------------------------------------------------- entry points
 

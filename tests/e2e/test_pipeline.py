@@ -29,7 +29,8 @@ TINY = {
 
 
 def _run(cmd: list[str], cwd: Path, env: dict) -> str:
-    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900,
+                         check=False)
     assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out.stdout + out.stderr
 

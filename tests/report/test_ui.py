@@ -44,7 +44,7 @@ def test_ui_command_binds_localhost_with_one_worker():
 
 def test_serve_without_a_store_says_how_to_make_one(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    with pytest.raises(UserError, match="no MLflow store at .*mlflow.db: run a stage first"):
+    with pytest.raises(UserError, match="no MLflow store at .*mlflow.db: run the pipeline first"):
         serve(tmp_path, port=_free_port())
 
 
