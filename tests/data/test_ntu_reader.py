@@ -1,7 +1,6 @@
 """NTU `.skeleton` reader: round trips, exact body IDs, NaN, one-line errors, file names."""
 
 import re
-import time
 
 import numpy as np
 import pytest
@@ -126,20 +125,3 @@ def test_parse_name_gives_one_based_fields():
 def test_bad_file_name_raises_one_line(name):
     with pytest.raises(DataError, match=re.escape(name) + r": expected a file name like"):
         parse_name(name)
-
-
-@pytest.mark.slow
-def test_parser_reads_at_least_80_mb_per_second():
-    rng = np.random.default_rng(3)
-    poses = standing(rng, 0.0, 100) + rng.normal(0, 0.01, (100, 25, 3))
-    frames = [[(BIG_ID, p), (BIG_ID + 1, p + 1)] for p in poses]
-    data = skeleton_text(frames, "\r\n").encode() * 1
-    parse_skeleton(data)
-    best = min(_timed(parse_skeleton, data) for _ in range(7))
-    assert len(data) / best / 1e6 >= 80
-
-
-def _timed(f, *args):
-    t = time.perf_counter()
-    f(*args)
-    return time.perf_counter() - t
