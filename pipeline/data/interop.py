@@ -21,7 +21,7 @@ that resolves only numpy array / dtype / scalar reconstruction and `_codecs.enco
 protocol-2 pickles such as mmcv's for array bytes): a file that names any other global is
 refused, so loading it cannot run code.
 
-Class names come from shared/reference when the class count is 60 or 120 (NTU) or 51
+Class names come from the shipped reference lists (pipeline/data/reference/) when the class count is 60 or 120 (NTU) or 51
 (PKU-MMD), else `class_000`, ...; NTU-style names (`S001C002P003R001A013`) fill setup,
 camera, performer and replication, other names leave them 0.
 """

@@ -6,7 +6,7 @@
 `data.raw_dir` holds the skeleton and label folders as unpacked from the official archives
 (`PKU_Skeleton_Renew/`, `Train_Label_PKU_final/`, also under `Data/` and `Label/`) or as
 MAMP's `pku_raw/v1` layout (`skeleton/`, `label/`); see `find_layout`. Splits: phase I
-from the official files in `shared/reference/`, phase II from `data.pku_split_dir`
+from the official files shipped in `pipeline/data/reference/`, phase II from `data.pku_split_dir`
 (default: `raw_dir`) with `cross_subject_v2.txt` / `cross_view_v2.txt` (line 2 training
 videos, line 4 test videos, comma separated). Videos in neither list are counted, not used.
 

@@ -32,8 +32,9 @@ BENCHMARKS = {"ntu60": ("xsub", "xview"), "synthetic": ("xsub", "xview"),
 
 
 def default_reference_dir() -> Path:
-    """`shared/reference` beside the repository (…/<repo>/pipeline/data/splits.py -> …/shared)."""
-    return Path(__file__).resolve().parents[2].parent / "shared" / "reference"
+    """The reference lists shipped with the package (`pipeline/data/reference/`: class names,
+    official missing-sample lists, available-sample lists, PKU-MMD phase I splits)."""
+    return Path(__file__).resolve().parent / "reference"
 
 
 def split_of(dataset: str, benchmark: str, s: SampleName) -> str:
@@ -59,8 +60,8 @@ def in_ntu60(s: SampleName) -> bool:
 
 def _read_names(path: Path) -> list[str]:
     if not path.is_file():
-        raise DataError(f"{path}: reference list not found; pass reference_dir pointing at "
-                        f"shared/reference")
+        raise DataError(f"{path}: reference list not found; pass reference_dir pointing at a "
+                        f"folder of the official lists (pipeline/data/reference/ has them)")
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 

@@ -1,6 +1,7 @@
 """NTU benchmarks and reference lists: split sizes must match DESIGN.md section 2 exactly."""
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -37,10 +38,19 @@ def test_unknown_benchmark_for_dataset_is_a_data_error():
         splits.split_of("ntu60", "xset", SampleName(1, 1, 1, 1, 1))
 
 
-def test_reference_dir_defaults_to_shared_reference_and_can_be_overridden(tmp_path):
+def test_reference_dir_defaults_to_the_shipped_lists_and_can_be_overridden(tmp_path):
     assert (splits.default_reference_dir() / "ntu120_classes.txt").is_file()
     assert len(splits.class_names("ntu60")) == 60 and len(splits.class_names("ntu120")) == 120
     (tmp_path / "ntu60_missing_skeletons.txt").write_text("S001C001P001R001A001\n\n")
     assert splits.missing_samples("ntu60", tmp_path) == {"S001C001P001R001A001"}
     with pytest.raises(DataError, match="ntu120_missing_skeletons.txt: reference list not found"):
         splits.missing_samples("ntu120", tmp_path)
+
+
+def test_shipped_reference_lists_match_the_shared_originals():
+    shared = Path(__file__).resolve().parents[3] / "shared" / "reference"
+    if not shared.is_dir():
+        pytest.skip("no shared/reference beside the repository to compare with")
+    for original in shared.glob("*.txt"):
+        assert (splits.default_reference_dir() / original.name).read_bytes() == \
+            original.read_bytes(), original.name
