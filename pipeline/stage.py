@@ -29,8 +29,9 @@ def stage_context(name: str, params_path: str = "params.yaml",
     try:
         params = load_params(params_path)
         if distributed:
-            from pipeline.launch import maybe_relaunch
+            from pipeline.launch import ensure_fast_allocator, maybe_relaunch
 
+            ensure_fast_allocator(sys.argv)
             maybe_relaunch(params.dist, sys.argv)
             dist.init(params.dist)
         try:

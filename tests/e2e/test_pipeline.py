@@ -98,3 +98,22 @@ def test_exp_run_with_new_tune_epochs_reruns_only_tune_and_downstream(project):
     assert tune["epochs"] == 2 and len(tune["val_knn_curve"]) == 2
     shown = _run([sys.executable, "-m", "dvc", "exp", "show", "--json"], repo, env)
     assert "tune.epochs" in shown or '"epochs": 2' in shown
+
+
+@pytest.mark.slow
+def test_two_process_stages_reproduce_the_one_process_pretraining_curve(project):
+    """`dist.nproc=2` relaunches pretrain and tune under torchrun (gloo); the global batch is
+    unchanged, so the pretraining loss curve matches the 1-process run (rtol 1e-4)."""
+    import pandas as pd
+
+    repo, env = project
+    one = pd.read_csv(repo / "plots/pretrain/loss.csv")
+    for stage in ("pretrain", "tune"):  # persisted checkpoints would otherwise be resumed
+        shutil.rmtree(repo / "models" / stage)
+    out = _run([sys.executable, "-m", "dvc", "exp", "run", "-S", "dist.nproc=2"], repo, env)
+    assert "Running stage 'pretrain'" in out and "Running stage 'tune'" in out
+    two = pd.read_csv(repo / "plots/pretrain/loss.csv")
+    assert json.loads((repo / "metrics/pretrain.json").read_text())["processes"] == 2
+    assert json.loads((repo / "metrics/tune.json").read_text())["processes"] == 2
+    assert list(two["epoch"]) == list(one["epoch"])
+    assert two["loss"].to_numpy() == pytest.approx(one["loss"].to_numpy(), rel=1e-4)
