@@ -44,4 +44,4 @@ lint: setup  ## ruff over the code
 	$(VENV)/bin/ruff check pipeline stages tests benchmarks
 
 exp: setup  ## run a paper preset as a DVC experiment: make exp PRESET=ntu60-xsub
-	$(DVC) exp run $$($(PY) -m pipeline preset-args $(PRESET))
+	args="$$($(PY) -m pipeline preset-args $(PRESET))" && $(DVC) exp run $$args

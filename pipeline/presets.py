@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.config import parse_params, to_dict
+from pipeline.config import load_params, parse_params, to_dict
 from pipeline.errors import ConfigError
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"
@@ -26,7 +26,10 @@ def load_preset(name: str, base: dict) -> dict[str, object]:
     if not path.is_file():
         raise ConfigError(f"preset {name!r} not found in {PRESET_DIR}; "
                           f"available: {', '.join(available())}")
-    overrides = yaml.safe_load(path.read_text()) or {}
+    try:
+        overrides = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
     merged = json.loads(json.dumps(base))
     for dotted, value in overrides.items():
         group, _, key = dotted.partition(".")
@@ -42,6 +45,6 @@ def load_preset(name: str, base: dict) -> dict[str, object]:
 
 def preset_args(name: str, params_path: str | Path = "params.yaml") -> list[str]:
     """`-S group.key=value` flags for `dvc exp run`."""
-    base = to_dict(parse_params(yaml.safe_load(Path(params_path).read_text()) or {}))
+    base = to_dict(load_params(params_path))
     return [f"-S {k}={json.dumps(v) if isinstance(v, list) else v}"
             for k, v in load_preset(name, base).items()]

@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from pipeline import dist
 from pipeline.config import Params, TrackingConfig, flatten, to_dict
 from pipeline.errors import UserError
 
@@ -129,6 +128,8 @@ def start_run(stage: str, params: Params, root: Path | None = None) -> Iterator[
 
     The run ends FINISHED on success and FAILED if the stage raises.
     """
+    from pipeline import dist  # imports torch: only when a run is actually started
+
     cfg = params.tracking
     if not cfg.enabled or not dist.is_main():
         yield NullTracker()

@@ -20,7 +20,6 @@ it as it reads a MAMP one. Rank 0 writes `metrics/tune.json` and `plots/tune/cur
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import statistics
 import time
@@ -39,13 +38,13 @@ from pipeline.data.transforms import TestTransform
 from pipeline.errors import ConfigError, UserError
 from pipeline.eval.features import extract_features
 from pipeline.eval.knn import knn_predict
-from pipeline.io import atomic_write_json, atomic_write_text
+from pipeline.io import atomic_write_json, atomic_write_text, file_sha256
 from pipeline.nnclr import STARS, set_head_only, tuning_param_groups
 from pipeline.train import LoopConfig, fit, seed_everything
 from pipeline.views import ViewTransform
 
 # Keys that change how fast training runs or what is reported, not what it computes.
-_NOT_FINGERPRINTED = ("loader_workers", "keep_best", "val_k")
+_NOT_FINGERPRINTED = ("loader_workers",)
 
 
 def split_validation(rows: np.ndarray, labels: np.ndarray, fraction: float,
@@ -72,14 +71,6 @@ def stars_step(model: torch.nn.Module, batch: dict[str, torch.Tensor]
     if x.dim() == 6:
         return model(x[:, 0], batch["index"], x[:, 1]), {}
     return model(x, batch["index"]), {}
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def _load_pretrained(model: STARS, path: Path) -> None:
@@ -171,7 +162,7 @@ def run_tune(params: Params, store_dir: Path, pretrain_ckpt: Path, ckpt_dir: Pat
                                                                    "rotate")}
     semantic = {**config, "tune": {k: v for k, v in config["tune"].items()
                                    if k not in _NOT_FINGERPRINTED},
-                "pretrained": _file_sha256(pretrain_ckpt)}
+                "pretrained": file_sha256(pretrain_ckpt)}
     start = time.perf_counter()
     history = fit(model, stars_step, groups, loader_factory, loop, ckpt_dir=ckpt_dir,
                   kind="stars", config=config,

@@ -32,7 +32,12 @@ def ui_command(uri: str, host: str, port: int) -> list[str]:
 
 def _check_port_free(host: str, port: int) -> None:
     """Fail with one line before starting mlflow, whose own error is a long traceback."""
-    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    if not 0 < port < 65536:
+        raise UserError(f"--port {port} is invalid: must be between 1 and 65535")
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except OSError as exc:
+        raise UserError(f"--host {host!r} cannot be resolved ({exc}); use 127.0.0.1") from None
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server itself does
         try:

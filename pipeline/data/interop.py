@@ -29,7 +29,6 @@ camera, performer and replication, other names leave them 0.
 from __future__ import annotations
 
 import codecs
-import hashlib
 import pickle
 import re
 import zipfile
@@ -43,7 +42,7 @@ from pipeline.data import splits
 from pipeline.data.pku import read_class_names
 from pipeline.data.store import SampleMeta, Store, StoreWriter
 from pipeline.errors import DataError
-from pipeline.io import atomic_path
+from pipeline.io import atomic_path, file_sha256
 
 M, V, C = 2, 25, 3
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -69,14 +68,6 @@ def sample_meta(name: str, label: int, split: str) -> SampleMeta:
     setup, camera, performer, replication = (int(g) for g in m.groups()[:4]) if m else (0,) * 4
     return SampleMeta(name=name, label=label, performer=performer, camera=camera, setup=setup,
                       replication=replication, split=split, novel=False)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def sample_problem(frames: np.ndarray) -> str | None:

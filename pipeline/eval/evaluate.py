@@ -19,7 +19,6 @@ Outputs: `metrics_path` = {"mamp": {...}, "stars": {...}, "delta": {stars - mamp
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -32,12 +31,13 @@ from pipeline.config import EvalConfig, Params, to_dict
 from pipeline.data.dataset import SkeletonDataset
 from pipeline.data.store import Store
 from pipeline.data.transforms import TestTransform, TrainTransform
+from pipeline.errors import UserError
 from pipeline.eval.clusters import cluster_metrics
 from pipeline.eval.features import extract_features, load_encoder, load_features, save_features
 from pipeline.eval.fewshot import episodic_fewshot, release_fewshot
 from pipeline.eval.knn import knn_accuracy
 from pipeline.eval.linear_probe import probe_cached, probe_paper
-from pipeline.io import atomic_write_json, atomic_write_text
+from pipeline.io import atomic_write_json, atomic_write_text, file_sha256
 
 MODELS = ("mamp", "stars")
 # part name -> Store.select arguments
@@ -46,18 +46,10 @@ PARTS = {"train": ("train", False), "test": ("test", False),
 Features = tuple[np.ndarray, np.ndarray, np.ndarray]   # feats (N, D), labels, store rows
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def model_features(params: Params, store: Store, ckpt: Path, name: str, features_dir: Path,
                    ) -> tuple[dict[str, Features], str]:
     """Features of every part for one checkpoint (cached), and the checkpoint's sha256."""
-    ckpt_sha = _sha256(ckpt)
+    ckpt_sha = file_sha256(ckpt)
     parts, encoder = {}, None
     for part, (split, novel) in PARTS.items():
         rows = store.select(split=split, novel=novel)
@@ -165,6 +157,10 @@ def run_evaluate(params: Params, store_dir: str | Path, mamp_ckpt: str | Path,
                  stars_ckpt: str | Path, features_dir: str | Path, metrics_path: str | Path,
                  plots_dir: str | Path, tracker: Any) -> dict[str, Any]:
     """Evaluate both checkpoints; write metrics, plots and features; return the metrics."""
+    for ckpt in (Path(mamp_ckpt), Path(stars_ckpt)):
+        if not ckpt.is_file():
+            raise UserError(f"{ckpt}: checkpoint not found; run the stage that writes it "
+                            "(dvc repro pretrain / tune) or import published weights")
     store = Store.open(store_dir)
     features_dir, plots_dir = Path(features_dir), Path(plots_dir)
     class_names = list(store.meta.get("class_names", []))

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.neighbors import NearestNeighbors
 
+from pipeline.errors import ConfigError
+
 _EPS32 = 2.0 ** -24  # unit roundoff of float32
 
 
@@ -78,7 +80,8 @@ def knn_predict(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray,
     ks = sorted({int(k) for k in ks})
     n_bank, dim = bank.shape
     if ks[0] < 1 or ks[-1] > n_bank:
-        raise ValueError(f"kNN k must be in [1, {n_bank}] (the bank size), got {ks}")
+        raise ConfigError(f"kNN k {ks} is invalid for a bank of {n_bank} samples: lower "
+                          "eval.knn_k, eval.fewshot_knn_k or tune.val_k")
     classes, bank_codes = np.unique(bank_labels, return_inverse=True)
     device = torch.device(device or "cpu")
     # keep one extra neighbour to see the gap between the k-th and the (k+1)-th

@@ -7,6 +7,7 @@ import pytest
 import torch
 from sklearn.neighbors import KNeighborsClassifier
 
+from pipeline.errors import ConfigError
 from pipeline.eval import knn
 from pipeline.eval.knn import knn_accuracy, knn_predict
 
@@ -78,8 +79,8 @@ def test_accuracy_is_the_fraction_of_correct_predictions():
     assert knn_accuracy(bank, labels, queries, truth, [1])[1] == pytest.approx(270 / 300)
 
 
-def test_k_larger_than_the_bank_is_rejected():
-    with pytest.raises(ValueError, match="bank size"):
+def test_k_larger_than_the_bank_is_a_config_error_naming_the_keys():
+    with pytest.raises(ConfigError, match=r"bank of 3 samples: lower eval\.knn_k"):
         knn_predict(np.eye(3, dtype=np.float32), np.arange(3), np.eye(3, dtype=np.float32), [4])
 
 
