@@ -1,6 +1,7 @@
 """Command line: `python -m pipeline <command> ...` (also installed as `stars`).
 
-Commands: synth, inspect, import-weights, import-data, export-data, preset-args. Heavy modules are
+Commands: synth, inspect, import-weights, export-weights, import-data, export-data,
+preset-args. Heavy modules are
 imported inside each command so `--help` is instant. User errors print one line and exit 2.
 """
 
@@ -52,6 +53,13 @@ def cmd_import_weights(args: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2, default=str))
 
 
+def cmd_export_weights(args: argparse.Namespace) -> None:
+    from pipeline.weights import export_mamp, export_stars
+
+    (export_mamp if args.format == "mamp" else export_stars)(Path(args.src), Path(args.dst))
+    print(f"wrote {args.dst} ({args.format} release layout)")
+
+
 def cmd_import_data(args: argparse.Namespace) -> None:
     from pipeline.data.interop import import_file
 
@@ -92,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src")
     p.add_argument("dst")
     p.set_defaults(func=cmd_import_weights)
+
+    p = sub.add_parser("export-weights", help="our checkpoint -> published MAMP/STARS layout")
+    p.add_argument("--format", choices=["mamp", "stars"], required=True)
+    p.add_argument("src", help="models/pretrain/last.pt (mamp) or models/tune/last.pt (stars)")
+    p.add_argument("dst")
+    p.set_defaults(func=cmd_export_weights)
 
     p = sub.add_parser("import-data", help="CTR-GCN/MAMP .npz or pyskl .pkl -> packed store")
     p.add_argument("--format", choices=["npz", "pyskl"], required=True)

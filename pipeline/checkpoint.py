@@ -28,6 +28,7 @@ import pickle
 import random
 import re
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,19 +100,41 @@ def save(path: str | Path, ckpt: dict[str, Any]) -> None:
         torch.save(ckpt, tmp)
 
 
-def load(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint on CPU with `weights_only=True` (no code runs from the file)."""
+def _reason(exc: Exception) -> str:
+    """The informative line of a torch.load error (torch wraps it in paragraphs and colours)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    inner = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    line = inner.group(1) if inner else (text.splitlines()[0] if text else type(exc).__name__)
+    return line.split(". ")[0].strip()
+
+
+def safe_torch_load(path: str | Path, allow: Sequence[type] = ()) -> Any:
+    """`torch.load(weights_only=True)` on CPU, `allow` added to its allow-list; every failure
+    (missing, corrupt, or a pickle that would run code) becomes a one-line UserError."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found; run the stage that writes it first")
+        raise UserError(f"{path}: checkpoint file not found; run the stage that writes it "
+                        "first, or check the path")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile,
-            AttributeError, TypeError, ValueError) as exc:
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()   # torch colours its hints
-        first = text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
-        raise UserError(f"{path}: not a readable, safe checkpoint ({first}); "
-                        "delete it or re-create it with this pipeline")
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))           # e.g. posix.system
+        if found is None:  # bad bytes rather than an object that would run code
+            raise UserError(f"{path}: not a readable PyTorch checkpoint ({_reason(exc)}); "
+                            "delete it or re-create it") from None
+        raise UserError(f"{path}: refused: it holds a Python object ({found.group(1)}) that a "
+                        "weights-only load does not allow and that could run code; only "
+                        "tensors and plain containers are accepted") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, AttributeError, TypeError, ValueError,
+            OSError) as exc:
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({_reason(exc)}); delete "
+                        "it or re-create it") from None
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read a pipeline checkpoint safely (no code runs from the file) and check its schema."""
+    ckpt = safe_torch_load(path)
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in KEYS):
         raise UserError(f"{path}: not a pipeline checkpoint (expected keys {', '.join(KEYS)}); "
                         "import published weights with `python -m pipeline import-weights`")

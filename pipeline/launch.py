@@ -24,13 +24,16 @@ def under_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
 
 
+def _python_target(argv: list[str], module_flag: str) -> list[str]:
+    """What to run again: the script, or the package for `python -m pkg` (which arrives as
+    .../pkg/__main__.py; run as a module so the package folder is not first on sys.path)."""
+    script = Path(argv[0])
+    return [module_flag, script.parent.name] if script.name == "__main__.py" else [str(script)]
+
+
 def torchrun_command(cfg: DistConfig, argv: list[str]) -> list[str]:
     """The `python -m torch.distributed.run ...` command line that re-runs `argv`."""
-    script = Path(argv[0])
-    # `python -m pkg` arrives as .../pkg/__main__.py; run it as a module again so the
-    # package directory is not put first on sys.path.
-    target = (["--module", script.parent.name] if script.name == "__main__.py"
-              else [str(script)])
+    target = _python_target(argv, "--module")
     return [sys.executable, "-m", "torch.distributed.run",
             "--nproc-per-node", str(cfg.nproc), "--nnodes", str(cfg.nnodes),
             "--node-rank", str(cfg.node_rank), "--rdzv-backend", "c10d",
@@ -65,6 +68,5 @@ def ensure_fast_allocator(argv: list[str]) -> None:
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    script = Path(argv[0])
-    target = (["-m", script.parent.name] if script.name == "__main__.py" else [str(script)])
+    target = _python_target(argv, "-m")
     os.execve(sys.executable, [sys.executable, *target, *argv[1:]], {**os.environ, **missing})

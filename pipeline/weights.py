@@ -24,10 +24,7 @@ shapes, not at some later `load_state_dict`. Output goes through `pipeline.check
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import pickle
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -48,26 +45,6 @@ QUEUE_KEYS = ("queue", "queue_id", "queue_ptr")  # published top-level buffers -
 
 
 # ------------------------------------------------------------------ safe loading
-
-
-def _safe_load(path: Path, allow_namespace: bool) -> Any:
-    """torch.load with weights_only=True; every failure becomes a one-line UserError."""
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    allowed = (torch.serialization.safe_globals([argparse.Namespace]) if allow_namespace
-               else contextlib.nullcontext())
-    try:
-        with allowed:
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))           # e.g. posix.system
-        what = f" ({found.group(1)})" if found else ""
-        raise UserError(f"{path}: refused: it holds a Python object{what} that a weights-only "
-                        f"load does not allow and that could run code; only tensors and plain "
-                        f"containers are accepted") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
 
 
 def _plain(value: Any) -> Any:
@@ -180,7 +157,7 @@ def _our_checkpoint(kind: str, model: dict, cfg: ModelConfig, epoch: int, src: P
 
 
 def _import_mamp(src: Path, cfg: ModelConfig) -> tuple[dict, dict]:
-    ckpt = _safe_load(src, allow_namespace=True)
+    ckpt = checkpoint.safe_torch_load(src, allow=[argparse.Namespace])
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise UserError(f"{src}: not a MAMP checkpoint: expected a dict with a 'model' state "
                         f"dict (use --format stars for STARS weights)")
@@ -198,7 +175,7 @@ def _import_mamp(src: Path, cfg: ModelConfig) -> tuple[dict, dict]:
 
 
 def _import_stars(src: Path, cfg: ModelConfig, predictor_dim: int) -> tuple[dict, dict]:
-    published = _safe_load(src, allow_namespace=False)
+    published = checkpoint.safe_torch_load(src)
     if not isinstance(published, dict) or not any(
             isinstance(k, str) and k.startswith(ENCODER_PREFIX) for k in published):
         raise UserError(f"{src}: not a STARS checkpoint: expected a state dict with "

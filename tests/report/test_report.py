@@ -24,8 +24,7 @@ import yaml
 from pipeline.config import ReportConfig, TrackingConfig, parse_params
 from pipeline.data.skeleton_model import bone_lengths, forward_kinematics
 from pipeline.data.store import SampleMeta, StoreWriter
-from pipeline.report.build import attach_to_mlflow, build_report
-from pipeline.report.build import SECTIONS
+from pipeline.report.build import SECTIONS, attach_to_mlflow, build_report
 from pipeline.report.figures import balanced_subsample
 
 REPO = Path(__file__).resolve().parents[2]
