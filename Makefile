@@ -32,7 +32,7 @@ test-all: setup  ## every test, slow ones included
 	$(PY) -m pytest -q
 
 ui: setup  ## MLflow UI on http://127.0.0.1:$(PORT) (localhost only)
-	$(PY) -m pipeline.ui --port $(PORT)
+	$(PY) -m pipeline.cli.ui --port $(PORT)
 
 report: setup  ## reports/report.html and reports/report.md (runs what is missing first)
 	$(DVC) repro report

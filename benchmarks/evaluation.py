@@ -15,14 +15,14 @@ import numpy as np
 import torch
 
 from benchmarks.common import encoder_flops, median_time, paper_model, tiny_model
-from pipeline.config import EvalConfig, to_dict
+from pipeline.core.config import EvalConfig, to_dict
+from pipeline.core.tracking import NullTracker
 from pipeline.data.dataset import SkeletonDataset
 from pipeline.data.store import SampleMeta, Store, StoreWriter
 from pipeline.data.transforms import TrainTransform
 from pipeline.eval.knn import knn_predict
 from pipeline.eval.linear_probe import probe_cached, probe_paper
-from pipeline.model import Encoder
-from pipeline.tracking import NullTracker
+from pipeline.models.encoder import Encoder
 
 # NTU-60 X-Sub: 40,091 training and 16,487 test samples, 60 classes (DESIGN.md section 2).
 XSUB_TRAIN, XSUB_TEST, XSUB_CLASSES = 40_091, 16_487, 60

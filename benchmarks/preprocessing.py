@@ -2,7 +2,7 @@
 
 Jobs, each run by `benchmarks.run` in a subprocess of its own (in this order, same workdir):
 - `generate`: distinct NTU-like files written by the production writer (synthetic
-  performances from `pipeline.data.synth`, resampled to NTU-like lengths: 30-300 frames,
+  performances from `pipeline.data.synthetic.synth`, resampled to NTU-like lengths: 30-300 frames,
   mean near 80, 1-2 actors plus the generator's artifacts), and a larger set of valid,
   distinct NTU names hard-linked to them (so 10,000 files cost the disk and time of 1,000);
 - `parse`: `pipeline.data.ntu.parse_skeleton` over the distinct files held in memory (one core);
@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import children_peak_rss_mb, peak_rss_mb
-from pipeline.config import DataConfig, PreprocessConfig, SynthConfig
-from pipeline.data import synth
-from pipeline.data.ntu_writer import format_skeleton
+from pipeline.core.config import DataConfig, PreprocessConfig, SynthConfig
+from pipeline.data.synthetic import synth
 from pipeline.data.preprocess import preprocess as run_preprocess
+from pipeline.data.synthetic.ntu_writer import format_skeleton
 
 NTU120_FILES = 114_480
 CLASSES = 60

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import cpu_pressure
-from pipeline.io import atomic_write_json, atomic_write_text
+from pipeline.core.io import atomic_write_json, atomic_write_text
 
 SECTIONS = ("ceiling", "pretrain", "tune", "eval", "preprocess")
 # glibc told to keep freed memory instead of returning it to the OS (DESIGN.md section 7).
@@ -206,14 +206,14 @@ def summarise_pretrain(res: dict[str, list[dict]], ceiling: float
     notes = [
         ("Samples/s = batch / median step time over all timed steps of both rounds (each round "
          "a fresh subprocess, 1 warm-up + 4 timed steps; allocator variants alternate)."),
-        ("A step is what `pipeline.train.fit` runs: forward, zero_grad, backward, AdamW step, "
+        ("A step is what `pipeline.training.loop.fit` runs: forward, zero_grad, backward, AdamW step, "
          "with fit's CPU deterministic-kernels flag; random inputs (N, 2, T, 25, 3)."),
         ("FLOPs (matmuls only, 2mkn): per block over S tokens of width W, MLP hidden H = 4W: "
          "qkv 6SW^2 + QK^T 2S^2W + AV 2S^2W + proj 2SW^2 + MLP 4SWH. Forward per sample = "
          "actors x (embed 2L(t_patch*3)D + depth x block(K, D) + decoder_embed 2KD Dd + "
          "decoder_depth x block(L, Dd) + pred 2L Dd (t_patch*3)), L = 750, K = int(L (1 - "
          "mask)) = 74 at paper size; training = 3 x forward "
-         "(`pipeline.mamp.mamp_flops_per_sample`)."),
+         "(`benchmarks.common.mamp_flops_per_sample`)."),
         f"MFU = achieved GFLOP/s / the float32 matmul ceiling of this run ({ceiling:.1f}).",
     ]
     if paper:
@@ -370,8 +370,8 @@ def summarise_preprocess(res: dict[str, list[dict]], ceiling: float
         rows.append(_row("peak memory independent of file count (10x the files)",
                          f"peak x {growth:.2f}", "x <= 1.25", growth <= 1.25))
     notes = [
-        ("Files: synthetic performances (`pipeline.data.synth`) resampled to log-normal lengths "
-         "and written by `pipeline.data.ntu_writer.format_skeleton`; the large set hard-links "
+        ("Files: synthetic performances (`pipeline.data.synthetic.synth`) resampled to log-normal lengths "
+         "and written by `pipeline.data.synthetic.ntu_writer.format_skeleton`; the large set hard-links "
          "the distinct files under distinct valid NTU names, so it is read from the page cache."),
         "Parse: the distinct files held in memory, median of 3 passes, one process.",
         ("Preprocess: `pipeline.data.preprocess.preprocess` with 2 workers (median of 3 runs at "

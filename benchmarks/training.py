@@ -2,7 +2,7 @@
 
 Each function is one benchmark job; `benchmarks.run` calls it in a subprocess of its own (so
 its peak RSS is its own, and the allocator variant is set in that subprocess's environment).
-A step is what `pipeline.train.fit` runs per batch: forward, zero_grad, backward, optional
+A step is what `pipeline.training.loop.fit` runs per batch: forward, zero_grad, backward, optional
 clipping, optimizer step, under the deterministic-kernels flag `fit` sets on CPU (its per-step
 lr assignment and its autocast, a no-op on CPU, are left out). The data loader is left out
 too: it runs in its own worker process during training.
@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 
 from benchmarks.ceiling import matmul_gflops
-from benchmarks.common import encoder_flops, paper_model, tiny_model
-from pipeline.config import ModelConfig, TuneConfig, load_params, to_dict
-from pipeline.mamp import MAMP, mamp_flops_per_sample
-from pipeline.nnclr import STARS, tuning_param_groups
-from pipeline.pretrain import NO_DECAY
-from pipeline.train import LoopConfig, build_optimizer, param_groups
+from benchmarks.common import encoder_flops, mamp_flops_per_sample, paper_model, tiny_model
+from pipeline.core.config import ModelConfig, TuneConfig, load_params, to_dict
+from pipeline.models.mamp import MAMP
+from pipeline.models.stars import STARS
+from pipeline.training.groups import MAMP_NO_DECAY, decay_groups, tuning_param_groups
+from pipeline.training.loop import LoopConfig, build_optimizer
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -35,7 +35,7 @@ def _timed_steps(forward: Callable[[int], torch.Tensor], optimizer: torch.optim.
     phases: dict[str, list[float]] = {"step_s": [], "forward_s": [], "backward_s": [],
                                       "optimizer_s": []}
     before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)   # as pipeline.train.fit on CPU
+    torch.use_deterministic_algorithms(True, warn_only=True)   # as pipeline.training.loop.fit on CPU
     try:
         for i in range(warmup + repeats):
             t0 = time.perf_counter()
@@ -76,8 +76,9 @@ def pretrain(size: str, repeats: int, warmup: int = 1, quick: bool = False) -> d
     torch.manual_seed(0)
     model = MAMP(cfg, mask_ratio, tau).train()
     loop = LoopConfig(epochs=1, lr=params.pretrain.lr, betas=(0.9, 0.95))
-    optimizer = build_optimizer(param_groups(model, params.pretrain.weight_decay, skip=NO_DECAY),
-                                loop, torch.device("cpu"))
+    optimizer = build_optimizer(
+        decay_groups(model, params.pretrain.weight_decay, skip=MAMP_NO_DECAY),
+        loop, torch.device("cpu"))
     x = torch.randn(batch, cfg.actors, cfg.frames, cfg.joints, 3)   # (N, M, T, V, C)
 
     def forward(i: int) -> torch.Tensor:

@@ -14,8 +14,8 @@ import sys
 import typing
 from pathlib import Path
 
-from pipeline.config import SynthConfig, load_params, parse_params
-from pipeline.errors import cli_exit_code
+from pipeline.core.config import SynthConfig, load_params, parse_params
+from pipeline.core.errors import cli_exit_code
 
 
 def _add_synth_overrides(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +28,7 @@ def _add_synth_overrides(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
-    from pipeline.data.synth import generate
+    from pipeline.data.synthetic.synth import generate
 
     base = load_params(args.params).synth
     overrides = {f.name: getattr(args, f"synth_{f.name}") for f in dataclasses.fields(base)
@@ -45,7 +45,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def cmd_import_weights(args: argparse.Namespace) -> None:
-    from pipeline.weights import import_weights
+    from pipeline.cli.weights import import_weights
 
     params = load_params(args.params)
     summary = import_weights(args.format, Path(args.src), Path(args.dst), params.model,
@@ -54,7 +54,7 @@ def cmd_import_weights(args: argparse.Namespace) -> None:
 
 
 def cmd_export_weights(args: argparse.Namespace) -> None:
-    from pipeline.weights import export_mamp, export_stars
+    from pipeline.cli.weights import export_mamp, export_stars
 
     (export_mamp if args.format == "mamp" else export_stars)(Path(args.src), Path(args.dst))
     print(f"wrote {args.dst} ({args.format} release layout)")
@@ -75,7 +75,7 @@ def cmd_export_data(args: argparse.Namespace) -> None:
 
 
 def cmd_preset_args(args: argparse.Namespace) -> None:
-    from pipeline.presets import preset_args
+    from pipeline.cli.presets import preset_args
 
     print(" ".join(preset_args(args.name, args.params)))
 

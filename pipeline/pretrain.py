@@ -12,8 +12,6 @@ config match; rank 0 writes `metrics/pretrain.json` and `plots/pretrain/loss.csv
 
 from __future__ import annotations
 
-import csv
-import io
 import statistics
 import time
 from pathlib import Path
@@ -22,21 +20,17 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline import checkpoint, dist
-from pipeline.config import Params, to_dict
+from pipeline.core import dist
+from pipeline.core.config import Params, to_dict
+from pipeline.core.errors import ConfigError, UserError
+from pipeline.core.stage import write_outputs
 from pipeline.data.dataset import GlobalBatchSampler, SkeletonDataset, make_loader
 from pipeline.data.store import Store
 from pipeline.data.transforms import TrainTransform
-from pipeline.errors import ConfigError, UserError
-from pipeline.io import atomic_write_json, atomic_write_text
-from pipeline.mamp import MAMP, mamp_flops_per_sample
-from pipeline.train import LoopConfig, fit, param_groups, seed_everything
-
-# Besides biases and norms (ndim <= 1), embeddings and the mask token get no weight decay.
-NO_DECAY = ("temp_embed", "pos_embed", "mask_token", "decoder_temp_embed", "decoder_pos_embed")
-
-# Keys that change how fast training runs, not what it computes: a change keeps resume.
-_NOT_FINGERPRINTED = ("loader_workers",)
+from pipeline.models.mamp import MAMP
+from pipeline.training import checkpoint
+from pipeline.training.groups import MAMP_NO_DECAY, decay_groups
+from pipeline.training.loop import LoopConfig, fit, seed_everything
 
 
 def mamp_step(model: torch.nn.Module, batch: dict[str, torch.Tensor]
@@ -77,33 +71,22 @@ def run_pretrain(params: Params, store_dir: Path, ckpt_dir: Path, metrics_path: 
                       betas=(0.9, 0.95), clip_grad=cfg.clip_grad, seed=cfg.seed,
                       compile=cfg.compile)
     config = {"model": to_dict(model_cfg), "pretrain": to_dict(cfg)}
-    semantic = {**config, "pretrain": {k: v for k, v in config["pretrain"].items()
-                                       if k not in _NOT_FINGERPRINTED}}
     start = time.perf_counter()
-    history = fit(model, mamp_step, param_groups(model, cfg.weight_decay, skip=NO_DECAY),
+    history = fit(model, mamp_step, decay_groups(model, cfg.weight_decay, skip=MAMP_NO_DECAY),
                   loader_factory, loop, ckpt_dir=ckpt_dir, kind="mamp", config=config,
-                  fingerprint=checkpoint.fingerprint(store.meta["fingerprint"], semantic),
+                  fingerprint=checkpoint.fingerprint(store.meta["fingerprint"], config),
                   tracker=tracker)
     wall = time.perf_counter() - start
 
-    flops = mamp_flops_per_sample(model_cfg, cfg.mask_ratio)
     speed = statistics.median(h["samples_per_s"] for h in history)
     metrics = {"final_loss": history[-1]["loss"], "epochs": len(history),
                "train_samples": len(rows), "global_batch": cfg.batch_size, "processes": world,
                "median_samples_per_s": speed,
-               "gflop_per_sample": flops["train"] / 1e9,
-               "gflop_per_s": speed * flops["train"] / 1e9,
                "parameters": sum(p.numel() for p in model.parameters()),
                "encoder_parameters": sum(p.numel() for n, p in model.named_parameters()
                                          if not n.startswith(("decoder", "mask_token"))),
                "tokens_per_sample": model.num_tokens, "kept_tokens": model.num_keep,
                "wall_time_s": wall}
-    if dist.is_main():
-        atomic_write_json(metrics_path, metrics)
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["epoch", "loss", "lr"])
-        writer.writerows([h["epoch"], h["loss"], h["lr"]] for h in history)
-        atomic_write_text(Path(plots_dir) / "loss.csv", buf.getvalue())
-        tracker.log_metrics(metrics, step=len(history))
+    write_outputs(metrics_path, metrics, Path(plots_dir) / "loss.csv", history,
+                  ["epoch", "loss", "lr"], tracker)
     return metrics

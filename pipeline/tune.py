@@ -19,8 +19,6 @@ it as it reads a MAMP one. Rank 0 writes `metrics/tune.json` and `plots/tune/cur
 
 from __future__ import annotations
 
-import csv
-import io
 import statistics
 import time
 from pathlib import Path
@@ -30,21 +28,21 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline import checkpoint, dist
-from pipeline.config import Params, to_dict
+from pipeline.core import dist
+from pipeline.core.config import Params, to_dict
+from pipeline.core.errors import ConfigError, UserError
+from pipeline.core.io import file_sha256
+from pipeline.core.stage import write_outputs
 from pipeline.data.dataset import GlobalBatchSampler, SkeletonDataset, make_loader
 from pipeline.data.store import Store
 from pipeline.data.transforms import TestTransform
-from pipeline.errors import ConfigError, UserError
 from pipeline.eval.features import extract_features
 from pipeline.eval.knn import knn_predict
-from pipeline.io import atomic_write_json, atomic_write_text, file_sha256
-from pipeline.nnclr import STARS, set_head_only, tuning_param_groups
-from pipeline.train import LoopConfig, fit, seed_everything
-from pipeline.views import ViewTransform
-
-# Keys that change how fast training runs or what is reported, not what it computes.
-_NOT_FINGERPRINTED = ("loader_workers",)
+from pipeline.models.stars import STARS
+from pipeline.training import checkpoint
+from pipeline.training.groups import set_head_only, tuning_param_groups
+from pipeline.training.loop import LoopConfig, fit, seed_everything
+from pipeline.training.views import ViewTransform
 
 
 def split_validation(rows: np.ndarray, labels: np.ndarray, fraction: float,
@@ -160,9 +158,7 @@ def run_tune(params: Params, store_dir: Path, pretrain_ckpt: Path, ckpt_dir: Pat
     if cfg.view == "crop_rotate":
         config["views"] = {k: getattr(params.pretrain, k) for k in ("crop_min", "crop_floor",
                                                                    "rotate")}
-    semantic = {**config, "tune": {k: v for k, v in config["tune"].items()
-                                   if k not in _NOT_FINGERPRINTED},
-                "pretrained": file_sha256(pretrain_ckpt)}
+    semantic = {**config, "pretrained": file_sha256(pretrain_ckpt)}
     start = time.perf_counter()
     history = fit(model, stars_step, groups, loader_factory, loop, ckpt_dir=ckpt_dir,
                   kind="stars", config=config,
@@ -183,13 +179,6 @@ def run_tune(params: Params, store_dir: Path, pretrain_ckpt: Path, ckpt_dir: Pat
         best = int(np.argmax(curve))   # first maximum, as fit's strict improvement keeps it
         metrics.update({"val_knn_last": curve[-1], "val_knn_best": curve[best],
                         "best_epoch": history[best]["epoch"], "val_knn_curve": curve})
-    if dist.is_main():
-        atomic_write_json(metrics_path, metrics)
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["epoch", "loss", "val_knn"])
-        writer.writerows([h["epoch"], h["loss"], h.get("val_knn", "")] for h in history)
-        atomic_write_text(Path(plots_dir) / "curves.csv", buf.getvalue())
-        tracker.log_metrics({k: v for k, v in metrics.items() if k != "val_knn_curve"},
-                            step=len(history))
+    write_outputs(metrics_path, metrics, Path(plots_dir) / "curves.csv", history,
+                  ["epoch", "loss", "val_knn"], tracker)
     return metrics

@@ -3,8 +3,8 @@
 import argparse
 from pathlib import Path
 
-from pipeline.eval.evaluate import run_evaluate
-from pipeline.stage import stage_context
+from pipeline.core.stage import stage_context
+from pipeline.evaluate import run_evaluate
 
 
 def main() -> None:

@@ -3,9 +3,9 @@
 import argparse
 from pathlib import Path
 
+from pipeline.core.io import atomic_write_json
+from pipeline.core.stage import stage_context
 from pipeline.data.preprocess import preprocess
-from pipeline.io import atomic_write_json
-from pipeline.stage import stage_context
 
 
 def main() -> None:

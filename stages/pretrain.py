@@ -3,8 +3,8 @@
 import argparse
 from pathlib import Path
 
+from pipeline.core.stage import stage_context
 from pipeline.pretrain import run_pretrain
-from pipeline.stage import stage_context
 
 
 def main() -> None:

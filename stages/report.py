@@ -3,9 +3,9 @@
 import argparse
 from pathlib import Path
 
+from pipeline.core.stage import stage_context
+from pipeline.core.tracking import repo_root
 from pipeline.report.build import attach_to_mlflow, build_report
-from pipeline.stage import stage_context
-from pipeline.tracking import repo_root
 
 
 def main() -> None:

@@ -3,8 +3,8 @@
 import argparse
 from pathlib import Path
 
-from pipeline.data.synth import generate
-from pipeline.stage import stage_context
+from pipeline.core.stage import stage_context
+from pipeline.data.synthetic.synth import generate
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from pipeline.stage import stage_context
+from pipeline.core.stage import stage_context
 from pipeline.tune import run_tune
 
 

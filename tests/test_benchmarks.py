@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from benchmarks.common import mamp_flops_per_sample, paper_model
 from benchmarks.run import SECTIONS, main
 
 
@@ -44,3 +45,11 @@ def test_only_one_section_keeps_the_others_from_the_previous_results(tmp_path):
     assert report["sections"]["tune"] == kept
     assert report["sections"]["ceiling"]["figures"]["cpu_fp32_gflops"] > 0
     assert "## 1. Matrix-product ceiling" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_flops_at_paper_size_match_the_reference():
+    flops = mamp_flops_per_sample(paper_model(), 0.9)
+    assert abs(flops["train"] / 37.6e9 - 1) < 0.05
+    assert abs(flops["decoder_fraction"] - 0.84) < 0.01
+    assert flops["train"] == 3 * flops["forward"] == 3 * (flops["encoder"] + flops["decoder"])
+    assert (flops["tokens"], flops["kept"]) == (750, 74)

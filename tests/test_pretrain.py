@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import checkpoint
-from pipeline.config import parse_params
-from pipeline.data.store import SampleMeta, StoreWriter
-from pipeline.tracking import NullTracker
+from pipeline.core.config import parse_params
+from pipeline.core.tracking import NullTracker
+from pipeline.training import checkpoint
+from tests.conftest import write_store as write_tiny_store
 
 TINY = {"model": {"depth": 2, "dim": 16, "heads": 2, "frames": 8, "t_patch": 4,
                   "decoder_depth": 1, "decoder_dim": 16, "decoder_heads": 2},
@@ -28,17 +28,15 @@ TINY = {"model": {"depth": 2, "dim": 16, "heads": 2, "frames": 8, "t_patch": 4,
 def write_store(out: Path, samples: int = 10) -> Path:
     """Random-walk skeletons: 8 train base-class samples, 2 excluded (test / novel)."""
     rng = np.random.default_rng(0)
-    with StoreWriter(out, dataset="tiny", benchmark="xsub", class_names=["a", "b", "c"],
-                     novel_labels=[2]) as w:
+
+    def rows():
         for i in range(samples):
             frames = np.cumsum(rng.normal(0, 0.02, (12 + i, 2, 25, 3)), axis=0) + 0.5
             frames[:, 1] = 0.0 if i % 2 else frames[:, 1]          # one-actor samples
             split, label = ("test", 0) if i == 8 else ("train", i % 2)
-            label = 2 if i == 9 else label
-            w.add(SampleMeta(name=f"s{i}", label=label, performer=i, camera=1, setup=1,
-                             replication=1, split=split, novel=label == 2),
-                  frames.astype(np.float32))
-    return out
+            yield f"s{i}", 2 if i == 9 else label, split, frames
+
+    return write_tiny_store(out, rows(), ["a", "b", "c"], novel_labels=[2])
 
 
 def run(tmp: Path, store: Path, **pretrain):
@@ -82,7 +80,7 @@ def test_longer_run_resumes_from_the_shorter_one_only_when_config_matches(tmp_pa
 
 
 def test_batch_larger_than_the_train_split_is_a_user_error(tmp_path):
-    from pipeline.errors import UserError
+    from pipeline.core.errors import UserError
 
     store = write_store(tmp_path / "store")
     with pytest.raises(UserError, match="8 training samples, fewer than one global batch"):
@@ -95,11 +93,11 @@ SCRIPT = textwrap.dedent("""
 
     sys.path.insert(0, {tests!r})
     from test_pretrain import TINY
-    from pipeline import dist
-    from pipeline.config import DistConfig, parse_params
-    from pipeline.launch import maybe_relaunch
+    from pipeline.core import dist
+    from pipeline.core.config import DistConfig, parse_params
+    from pipeline.core.launch import maybe_relaunch
     from pipeline.pretrain import run_pretrain
-    from pipeline.tracking import NullTracker
+    from pipeline.core.tracking import NullTracker
 
 
     def main(store, out, nproc, port):

@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import checkpoint
-from pipeline.config import parse_params
+from pipeline.core.config import parse_params
+from pipeline.core.errors import ConfigError
+from pipeline.core.tracking import NullTracker
 from pipeline.data import transforms
-from pipeline.data.store import SampleMeta, StoreWriter
-from pipeline.errors import ConfigError
 from pipeline.eval.features import load_encoder
-from pipeline.mamp import MAMP
-from pipeline.nnclr import STARS
-from pipeline.tracking import NullTracker
+from pipeline.models.mamp import MAMP
+from pipeline.models.stars import STARS
+from pipeline.training import checkpoint
+from pipeline.training.views import ViewTransform, mask_tokens
 from pipeline.tune import run_tune, split_validation, stars_step
-from pipeline.views import ViewTransform, mask_tokens
+from tests.conftest import write_store as write_tiny_store
 
 TINY = {"model": {"depth": 2, "dim": 16, "heads": 2, "frames": 8, "t_patch": 4,
                   "decoder_depth": 1, "decoder_dim": 16, "decoder_heads": 2},
@@ -31,18 +31,16 @@ TINY = {"model": {"depth": 2, "dim": 16, "heads": 2, "frames": 8, "t_patch": 4,
 def write_store(out: Path) -> Path:
     """3 base classes x 4 train samples with class-specific motion, 1 test and 1 novel."""
     rng = np.random.default_rng(0)
-    with StoreWriter(out, dataset="tiny", benchmark="xsub", class_names=["a", "b", "c", "d"],
-                     novel_labels=[3]) as w:
+
+    def samples():
         for i in range(14):
             label = 3 if i == 13 else i % 3
             t = np.arange(10 + i)[:, None, None, None]
             frames = 0.3 * np.sin(t * (label + 1) / 4.0) + rng.normal(0, 0.02, (len(t), 2, 25, 3))
             frames[:, 1] = 0.0                                      # one actor
-            w.add(SampleMeta(name=f"s{i}", label=label, performer=i, camera=1, setup=1,
-                             replication=1, split="test" if i == 12 else "train",
-                             novel=label == 3),
-                  frames.astype(np.float32))
-    return out
+            yield f"s{i}", label, "test" if i == 12 else "train", frames
+
+    return write_tiny_store(out, samples(), ["a", "b", "c", "d"], novel_labels=[3])
 
 
 def write_mamp(path: Path, params) -> dict:

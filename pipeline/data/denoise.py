@@ -37,8 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.core.errors import DataError
 from pipeline.data.ntu import JOINTS, RawSkeleton
-from pipeline.errors import DataError
 
 NOISE_LEN = 11  # tracks of <= 11 frames are noise
 SPREAD = 0.8  # a frame is noisy if its x-extent > 0.8 x its y-extent

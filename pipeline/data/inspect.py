@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.errors import DataError
 from pipeline.data.denoise import denoise
 from pipeline.data.ntu import parse_name, read_skeleton
-from pipeline.errors import DataError
 
 
 def summarize(path: str | Path) -> str:

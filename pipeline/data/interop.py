@@ -38,11 +38,11 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
+from pipeline.core.errors import DataError
+from pipeline.core.io import atomic_path, file_sha256
 from pipeline.data import splits
 from pipeline.data.pku import read_class_names
 from pipeline.data.store import SampleMeta, Store, StoreWriter
-from pipeline.errors import DataError
-from pipeline.io import atomic_path, file_sha256
 
 M, V, C = 2, 25, 3
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 
 JOINTS = 25
 MAX_BODIES = 6  # Kinect v2 tracks at most six bodies

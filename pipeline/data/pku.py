@@ -43,10 +43,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from pipeline.config import DataConfig, PreprocessConfig
+from pipeline.core.config import DataConfig, PreprocessConfig
+from pipeline.core.errors import DataError
 from pipeline.data.splits import default_reference_dir
 from pipeline.data.store import SampleMeta, StoreWriter
-from pipeline.errors import DataError
 
 M, V, C = 2, 25, 3  # actors, joints, coordinates in a PKU line (150 numbers)
 SPINE_MID = 1  # 0-based joint 2

@@ -31,12 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import DataConfig, PreprocessConfig
+from pipeline.core.config import DataConfig, PreprocessConfig
+from pipeline.core.errors import DataError
 from pipeline.data import splits
 from pipeline.data.denoise import denoise
 from pipeline.data.ntu import SampleName, parse_name, parse_skeleton
 from pipeline.data.store import SampleMeta, StoreWriter
-from pipeline.errors import DataError
 
 
 def preprocess(data: DataConfig, pre: PreprocessConfig, out_dir: Path,

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.core.errors import DataError
 from pipeline.data.ntu import SampleName
-from pipeline.errors import DataError
 
 NTU60_TRAIN_PERFORMERS = frozenset({1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28,
                                     31, 34, 35, 38})

@@ -30,8 +30,8 @@ from typing import Self
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import DataError
-from pipeline.io import atomic_dir
+from pipeline.core.errors import DataError
+from pipeline.core.io import atomic_dir
 
 FORMAT_VERSION = 1
 M, V, C = 2, 25, 3

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import checkpoint
-from pipeline.config import ModelConfig
+from pipeline.core.config import ModelConfig
+from pipeline.core.errors import UserError
+from pipeline.core.io import atomic_path
 from pipeline.data.dataset import GlobalBatchSampler, SkeletonDataset, make_loader
-from pipeline.errors import UserError
-from pipeline.io import atomic_path
-from pipeline.model import Encoder
+from pipeline.models.encoder import Encoder
+from pipeline.training import checkpoint
 
 # Keys of a pretraining/tuning checkpoint that are not part of the encoder: the MAMP decoder
 # and mask token (published key names), and the STARS head and queue.

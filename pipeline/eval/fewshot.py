@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 from pipeline.eval.knn import knn_accuracy
 
 

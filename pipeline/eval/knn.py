@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.neighbors import NearestNeighbors
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 
 _EPS32 = 2.0 ** -24  # unit roundoff of float32
 

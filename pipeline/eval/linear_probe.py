@@ -9,11 +9,11 @@ Usage::
 
 The head is BatchNorm1d(D, affine=False) + Linear (as in MAE/MAMP linear probing), trained
 with SGD (momentum 0.9, no weight decay), the learning rate set every iteration on a cosine
-from `probe_lr` to 0 (`pipeline.train.lr_at`), `probe_epochs` epochs of `probe_batch_size`
+from `probe_lr` to 0 (`pipeline.training.loop.lr_at`), `probe_epochs` epochs of `probe_batch_size`
 (full batches: a batch of one would break BatchNorm; reshuffled every epoch). Two modes:
 - `cached`: on the cached test-transform features of the train split, a plain loop over a
   feature tensor. Seconds to a minute; the evaluate stage's default; no augmentation.
-- `paper`: through `pipeline.train.fit`, every epoch re-crops and re-rotates the train split
+- `paper`: through `pipeline.training.loop.fit`, every epoch re-crops and re-rotates the train split
   (the pretraining transform) and runs the frozen encoder, as the paper does. Costs one
   encoder forward over the train split per epoch; checkpoints each epoch and resumes.
 Both report the last epoch: the public release picks the epoch by test accuracy, which we
@@ -32,12 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline import dist
-from pipeline.config import EvalConfig
+from pipeline.core import dist
+from pipeline.core.config import EvalConfig
+from pipeline.core.errors import DataError
 from pipeline.data.dataset import GlobalBatchSampler, SkeletonDataset, make_loader
-from pipeline.errors import DataError
-from pipeline.model import Encoder
-from pipeline.train import LoopConfig, fit, lr_at
+from pipeline.models.encoder import Encoder
+from pipeline.training.loop import LoopConfig, fit, lr_at
 
 
 class LinearProbe(nn.Module):

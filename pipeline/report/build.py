@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.config import Params, ReportConfig, TrackingConfig, load_params
-from pipeline.io import atomic_dir, atomic_write_text
+from pipeline.core.config import Params, ReportConfig, TrackingConfig, load_params
+from pipeline.core.io import atomic_dir, atomic_write_text
 from pipeline.report import figures
 from pipeline.report.published import benchmark_name, published
 from pipeline.report.render import (
@@ -383,7 +383,7 @@ def attach_to_mlflow(root: Path, tracking: TrackingConfig, out_dir: Path) -> str
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking import tracking_uri
+    from pipeline.core.tracking import tracking_uri
 
     client = MlflowClient(tracking_uri=tracking_uri(tracking, Path(root).resolve()))
     attached = []

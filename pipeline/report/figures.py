@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from pipeline.data.skeleton_model import BONES  # DESIGN.md section 2, 0-based
+from pipeline.data.synthetic.skeleton_model import BONES  # DESIGN.md section 2, 0-based
 
 ACTOR_COLOURS = ("tab:blue", "tab:orange")
 

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.config import TrackingConfig
-from pipeline.errors import DataError, UserError
+from pipeline.core.config import TrackingConfig
+from pipeline.core.errors import DataError, UserError
 
 
 class Unavailable(Exception):
@@ -129,7 +129,7 @@ def mlflow_runs(root: Path, tracking: TrackingConfig) -> pd.DataFrame:
 
     Columns: run_id, stage, run_name, status, start (UTC), dvc_exp, artifact_uri.
     """
-    from pipeline.tracking import check_reachable, tracking_uri
+    from pipeline.core.tracking import check_reachable, tracking_uri
 
     uri = tracking_uri(tracking, root)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():

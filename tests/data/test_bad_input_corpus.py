@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import DataConfig, PreprocessConfig
+from pipeline.core.config import DataConfig, PreprocessConfig
+from pipeline.core.errors import DataError
 from pipeline.data.pku import convert_pku
 from pipeline.data.preprocess import preprocess
 from pipeline.data.store import Store
-from pipeline.errors import DataError
 from tests.data.bad_inputs import Case, write_corpus
 
 NTU_BAD = ["ntu_truncated_mid_frame", "ntu_non_numeric_token", "ntu_wrong_joint_count",

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
+from pipeline.core.errors import DataError
 from pipeline.data.denoise import NOISY_FRACTION, denoise, motion_of
 from pipeline.data.ntu import parse_skeleton
-from pipeline.errors import DataError
 from tests.data.test_ntu_reader import as_printed, skeleton_text, standing
 
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import DataConfig, PreprocessConfig
+from pipeline.core.config import DataConfig, PreprocessConfig
+from pipeline.core.errors import DataError
 from pipeline.data.dataset import SkeletonDataset
 from pipeline.data.interop import export_npz, import_file, load_pickle
 from pipeline.data.preprocess import preprocess
 from pipeline.data.store import SampleMeta, Store, StoreWriter
 from pipeline.data.transforms import TestTransform, TrainTransform
-from pipeline.errors import DataError
 
 
 def sequences(rng: np.random.Generator, n: int, T: int = 300, second: str = "zero"

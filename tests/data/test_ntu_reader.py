@@ -5,8 +5,8 @@ import re
 import numpy as np
 import pytest
 
+from pipeline.core.errors import DataError
 from pipeline.data.ntu import parse_name, parse_skeleton, read_skeleton
-from pipeline.errors import DataError
 
 BIG_ID = 72057594037931101  # a real Kinect ID: not exactly representable as a float64
 
@@ -52,7 +52,7 @@ def test_round_trip_keeps_xyz_bodies_and_empty_frames(newline, indent):
 
 
 def test_round_trip_through_production_writer(tmp_path):
-    ntu_writer = pytest.importorskip("pipeline.data.ntu_writer")
+    ntu_writer = pytest.importorskip("pipeline.data.synthetic.ntu_writer")
     rng = np.random.default_rng(1)
     a = standing(rng, 0.0, 2)
     a[1, 3] = [-9.276937e-05, 0.0, 1026.0]

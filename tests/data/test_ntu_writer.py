@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.data.ntu_writer import (
+from pipeline.data.synthetic.ntu_writer import (
     DEPTH_C,
     DEPTH_F,
     Body,

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import DataConfig, PreprocessConfig
+from pipeline.core.config import DataConfig, PreprocessConfig
+from pipeline.core.errors import DataError
 from pipeline.data.dataset import SkeletonDataset
 from pipeline.data.pku import centre, clean_actors, convert_pku, read_split, split_path
 from pipeline.data.preprocess import preprocess
 from pipeline.data.store import Store
 from pipeline.data.transforms import TestTransform, TrainTransform
-from pipeline.errors import DataError
 
 
 def moving_actor(rng: np.random.Generator, T: int, shift: float = 0.0) -> np.ndarray:

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.config import DataConfig, PreprocessConfig
+from pipeline.core.config import DataConfig, PreprocessConfig
+from pipeline.core.errors import DataError
 from pipeline.data.preprocess import preprocess
 from pipeline.data.store import Store, fingerprint
-from pipeline.errors import DataError
 from tests.data.test_ntu_reader import skeleton_text, standing
 
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.core.errors import DataError
 from pipeline.data import splits
 from pipeline.data.ntu import SampleName, parse_name
-from pipeline.errors import DataError
 
 
 @pytest.mark.parametrize("dataset,benchmark,train,test", [

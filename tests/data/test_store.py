@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.core.errors import DataError
 from pipeline.data.store import COLUMNS, SampleMeta, Store, StoreWriter, fingerprint
-from pipeline.errors import DataError
 
 CLASSES = ["wave", "kick", "jump"]
 

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import SynthConfig
-from pipeline.data import synth
-from pipeline.data.actions import ACTIONS
+from pipeline.core.config import SynthConfig
+from pipeline.core.errors import ConfigError
+from pipeline.data.synthetic import synth
 from pipeline.data.denoise import denoise
 from pipeline.data.ntu import parse_name, read_skeleton
-from pipeline.data.ntu_writer import format_skeleton
-from pipeline.data.skeleton_model import BONES, PARENTS, REF_HEIGHT, TABLE_LENGTHS
-from pipeline.errors import ConfigError
+from pipeline.data.synthetic.actions import ACTIONS
+from pipeline.data.synthetic.ntu_writer import format_skeleton
+from pipeline.data.synthetic.skeleton_model import BONES, PARENTS, REF_HEIGHT, TABLE_LENGTHS
 from tests.data.test_ntu_writer import walk
 
 # 4 base + 2 novel classes: wave right hand, handshake (2p), squat, point | punch other (2p),

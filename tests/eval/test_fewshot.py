@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 from pipeline.eval.fewshot import (
     EpisodeSampler,
     episode_accuracies,

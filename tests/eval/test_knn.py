@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.neighbors import KNeighborsClassifier
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 from pipeline.eval import knn
 from pipeline.eval.knn import knn_accuracy, knn_predict
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import EvalConfig
-from pipeline.errors import DataError
+from pipeline.core.config import EvalConfig
+from pipeline.core.errors import DataError
 from pipeline.eval.linear_probe import LinearProbe, probe_cached
 
 

@@ -21,11 +21,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.config import ReportConfig, TrackingConfig, parse_params
-from pipeline.data.skeleton_model import bone_lengths, forward_kinematics
-from pipeline.data.store import SampleMeta, StoreWriter
+from pipeline.core.config import ReportConfig, TrackingConfig, parse_params
+from pipeline.data.synthetic.skeleton_model import bone_lengths, forward_kinematics
 from pipeline.report.build import SECTIONS, attach_to_mlflow, build_report
 from pipeline.report.figures import balanced_subsample
+from tests.conftest import write_store as write_tiny_store
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = ["wave", "kick", "jump", "bow"]
@@ -58,15 +58,10 @@ def _motion(label: int, T: int, rng: np.random.Generator) -> np.ndarray:
 
 def write_store(root: Path, per_class: int = 4) -> None:
     rng = np.random.default_rng(0)
-    with StoreWriter(root / "data/processed", dataset="synthetic", benchmark="xsub",
-                     class_names=CLASSES, novel_labels=NOVEL) as w:
-        for label in range(len(CLASSES)):
-            for k in range(2 * per_class):
-                name = f"S001C001P{k:03d}R001A{label + 1:03d}"
-                meta = SampleMeta(name=name, label=label, performer=k, camera=1, setup=1,
-                                  replication=1, split="train" if k % 2 else "test",
-                                  novel=label in NOVEL)
-                w.add(meta, _motion(label, int(rng.integers(20, 40)), rng))
+    samples = ((f"S001C001P{k:03d}R001A{label + 1:03d}", label, "train" if k % 2 else "test",
+                _motion(label, int(rng.integers(20, 40)), rng))
+               for label in range(len(CLASSES)) for k in range(2 * per_class))
+    write_tiny_store(root / "data/processed", samples, CLASSES, NOVEL, dataset="synthetic")
 
 
 def write_metrics(root: Path) -> None:
@@ -129,7 +124,7 @@ def write_mlflow(root: Path) -> None:
     """One run per stage through the stages' own tracking facade; the evaluate stage twice."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking import start_run, tracking_uri
+    from pipeline.core.tracking import start_run, tracking_uri
 
     params = parse_params({})
     # Explicit artifact root so nothing lands in the current directory.
@@ -299,7 +294,7 @@ def test_full_run_report_fills_every_section_with_both_models(full_run):
 def test_attach_to_mlflow_logs_report_and_figures_to_the_latest_evaluate_run(full_run):
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking import tracking_uri
+    from pipeline.core.tracking import tracking_uri
 
     out = full_run / "reports"
     build_report(full_run, CFG, out)

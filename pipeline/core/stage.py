@@ -1,0 +1,45 @@
+"""What every DVC stage entry point shares: one-line user errors, torchrun set-up, tracking.
+
+A stage script parses its paths, then::
+
+    with stage_context("pretrain") as (params, tracker):
+        run_pretrain(params, ..., tracker)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+
+from pipeline.core.config import Params, load_params
+from pipeline.core.errors import UserError
+
+
+@contextlib.contextmanager
+def stage_context(name: str, params_path: str = "params.yaml",
+                  distributed: bool = False) -> Iterator[tuple[Params, object]]:
+    """Load params, (re)launch under torchrun when `dist` asks for it, open the MLflow run.
+
+    User errors become one line on stderr and exit status 2; bugs keep their traceback.
+    """
+    from pipeline.core import dist
+    from pipeline.core.tracking import start_run
+
+    try:
+        params = load_params(params_path)
+        if distributed:
+            from pipeline.core.launch import ensure_fast_allocator, maybe_relaunch
+
+            ensure_fast_allocator(sys.argv)
+            maybe_relaunch(params.dist, sys.argv)
+            dist.init(params.dist)
+        try:
+            with start_run(name, params) as tracker:
+                yield params, tracker
+        finally:
+            if distributed:
+                dist.teardown()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,182 @@
+"""The evaluate stage: MAMP and STARS encoders side by side under every protocol.
+
+Usage (stages/evaluate.py)::
+
+    run_evaluate(params, store_dir, mamp_ckpt, stars_ckpt, features_dir, metrics_path,
+                 plots_dir, tracker)
+
+Per checkpoint: test-transform features of four parts of the store (base-class train and
+test splits, novel-class train and test splits), cached in `features_dir/<model>_<part>.npz`
+and reused only while checkpoint, store and model params are unchanged; then kNN (bank =
+train, queries = test), the linear probe (`eval.probe_mode`), few-shot when the store has
+novel classes (the release's kNN: bank = novel train, queries = novel test; episodes over
+all novel samples of both splits) and cluster quality of the test features.
+
+Outputs: `metrics_path` = {"mamp": {...}, "stars": {...}, "delta": {stars - mamp},
+"probe_mode", "chance"} with the same flat keys for both models; DVC plots
+`plots_dir/<model>_{confusion,per_class,probe_curve}.csv`; the same numbers to the tracker.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.core import dist
+from pipeline.core.config import EvalConfig, Params, to_dict
+from pipeline.core.errors import UserError
+from pipeline.core.io import atomic_write_json, atomic_write_text, file_sha256
+from pipeline.data.dataset import SkeletonDataset
+from pipeline.data.store import Store
+from pipeline.data.transforms import TestTransform, TrainTransform
+from pipeline.eval.clusters import cluster_metrics
+from pipeline.eval.features import extract_features, load_encoder, load_features, save_features
+from pipeline.eval.fewshot import episodic_fewshot, release_fewshot
+from pipeline.eval.knn import knn_accuracy
+from pipeline.eval.linear_probe import probe_cached, probe_paper
+from pipeline.training import checkpoint
+
+MODELS = ("mamp", "stars")
+# part name -> Store.select arguments
+PARTS = {"train": ("train", False), "test": ("test", False),
+         "novel_train": ("train", True), "novel_test": ("test", True)}
+Features = tuple[np.ndarray, np.ndarray, np.ndarray]   # feats (N, D), labels, store rows
+
+
+def model_features(params: Params, store: Store, ckpt: Path, name: str, features_dir: Path,
+                   ) -> tuple[dict[str, Features], str]:
+    """Features of every part for one checkpoint (cached), and the checkpoint's sha256."""
+    ckpt_sha = file_sha256(ckpt)
+    parts, encoder = {}, None
+    for part, (split, novel) in PARTS.items():
+        rows = store.select(split=split, novel=novel)
+        key = json.dumps({"checkpoint": ckpt_sha, "store": store.meta.get("fingerprint"),
+                          "part": part, "model": to_dict(params.model)}, sort_keys=True)
+        path = features_dir / f"{name}_{part}.npz"
+        cached = load_features(path, key) if path.is_file() else None
+        if cached is None:
+            if encoder is None:
+                encoder = load_encoder(ckpt, params.model)
+            dataset = SkeletonDataset(store, rows, TestTransform(params.model.frames))
+            cached = extract_features(encoder, dataset, params.eval.batch_size, dist.device(),
+                                      params.eval.loader_workers)
+            save_features(path, *cached, key=key)
+        parts[part] = cached
+    return parts, ckpt_sha
+
+
+def linear_probe(params: Params, store: Store, feats: dict[str, Features], ckpt: Path,
+                 ckpt_sha: str, name: str, features_dir: Path, tracker: Any) -> dict[str, Any]:
+    """`eval.probe_mode` probe; paper mode checkpoints to `features_dir/probe_<model>/`."""
+    cfg = params.eval
+    (train_f, train_y, train_rows), (test_f, test_y, _) = feats["train"], feats["test"]
+    if cfg.probe_mode == "cached":
+        return probe_cached(train_f, train_y, test_f, test_y, cfg, dist.device())
+    pre = params.pretrain
+    augment = TrainTransform(params.model.frames, pre.crop_min, pre.crop_floor, pre.rotate)
+    dataset = SkeletonDataset(store, train_rows, augment)
+    config = {"eval": to_dict(cfg), "model": to_dict(params.model), "encoder": ckpt_sha,
+              "augment": to_dict(augment)}
+    return probe_paper(load_encoder(ckpt, params.model), dataset, train_y, test_f, test_y, cfg,
+                       ckpt_dir=features_dir / f"probe_{name}", config=config,
+                       fingerprint=checkpoint.fingerprint(store.meta["fingerprint"], config),
+                       tracker=_Prefixed(tracker, f"{name}/probe/"),
+                       workers=cfg.loader_workers)
+
+
+def protocol_metrics(feats: dict[str, Features], probe: dict[str, Any], cfg: EvalConfig,
+                     device: Any = None) -> dict[str, float]:
+    """Flat metrics of one model: kNN, linear probe, few-shot (if novel data), clusters."""
+    (train_f, train_y, _), (test_f, test_y, _) = feats["train"], feats["test"]
+    out = {f"knn_top1_k{k}": acc for k, acc in
+           knn_accuracy(train_f, train_y, test_f, test_y, cfg.knn_k, device).items()}
+    out.update({"linear_top1": probe["top1"], "linear_top5": probe["top5"],
+                "linear_mean_class_acc": probe["mean_class_acc"]})
+    (nb_f, nb_y, _), (nq_f, nq_y, _) = feats["novel_train"], feats["novel_test"]
+    if len(nb_y) and len(nq_y):
+        out.update({f"fewshot_knn_k{k}": acc for k, acc in
+                    release_fewshot(nb_f, nb_y, nq_f, nq_y, cfg.fewshot_knn_k, device).items()})
+    if len(nb_y) + len(nq_y):
+        out.update(episodic_fewshot(np.concatenate([nb_f, nq_f]), np.concatenate([nb_y, nq_y]),
+                                    cfg.fewshot_ways, cfg.fewshot_shots, cfg.fewshot_queries,
+                                    cfg.fewshot_episodes, cfg.seed, device))
+    out.update(cluster_metrics(test_f, test_y, cfg.seed))
+    return out
+
+
+def compare(per_model: dict[str, dict[str, float]], probe_mode: str,
+            chance: float) -> dict[str, Any]:
+    """The evaluate.json layout: both models, their difference, and context."""
+    mamp, stars = per_model["mamp"], per_model["stars"]
+    if mamp.keys() != stars.keys():
+        raise ValueError(f"MAMP and STARS metrics differ in keys: "
+                         f"{sorted(mamp.keys() ^ stars.keys())}")
+    return {"mamp": mamp, "stars": stars,
+            "delta": {k: stars[k] - mamp[k] for k in mamp},
+            "probe_mode": probe_mode, "chance": chance}
+
+
+def write_plots(plots_dir: Path, name: str, probe: dict[str, Any], test_labels: np.ndarray,
+                class_names: list[str]) -> list[Path]:
+    """DVC plots of one model's probe: per-sample confusion (actual, predicted class names,
+    for the `confusion` template), per-class accuracy, per-epoch curve."""
+    def names(labels) -> list[str]:
+        return [class_names[int(i)] if int(i) < len(class_names) else f"class {int(i)}"
+                for i in labels]
+
+    tables = {
+        "confusion": pd.DataFrame({"actual": names(test_labels),
+                                   "predicted": names(probe["predictions"])}),
+        "per_class": pd.DataFrame({"class": names(probe["classes"]),
+                                   "accuracy": probe["per_class_acc"],
+                                   "support": probe["confusion"].sum(1)}),
+        "probe_curve": pd.DataFrame(probe["curve"]),
+    }
+    paths = []
+    for kind, df in tables.items():
+        path = plots_dir / f"{name}_{kind}.csv"
+        atomic_write_text(path, df.to_csv(index=False))
+        paths.append(path)
+    return paths
+
+
+class _Prefixed:
+    """A tracker whose metric names get a prefix (both models' probe curves share a run)."""
+
+    def __init__(self, tracker: Any, prefix: str):
+        self.tracker, self.prefix = tracker, prefix
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        self.tracker.log_metrics({self.prefix + k: v for k, v in metrics.items()}, step=step)
+
+
+def run_evaluate(params: Params, store_dir: str | Path, mamp_ckpt: str | Path,
+                 stars_ckpt: str | Path, features_dir: str | Path, metrics_path: str | Path,
+                 plots_dir: str | Path, tracker: Any) -> dict[str, Any]:
+    """Evaluate both checkpoints; write metrics, plots and features; return the metrics."""
+    for ckpt in (Path(mamp_ckpt), Path(stars_ckpt)):
+        if not ckpt.is_file():
+            raise UserError(f"{ckpt}: checkpoint not found; run the stage that writes it "
+                            "(dvc repro pretrain / tune) or import published weights")
+    store = Store.open(store_dir)
+    features_dir, plots_dir = Path(features_dir), Path(plots_dir)
+    class_names = list(store.meta.get("class_names", []))
+    per_model, plot_files, chance = {}, [], 0.0
+    for name, ckpt in zip(MODELS, (Path(mamp_ckpt), Path(stars_ckpt))):
+        feats, ckpt_sha = model_features(params, store, ckpt, name, features_dir)
+        probe = linear_probe(params, store, feats, ckpt, ckpt_sha, name, features_dir, tracker)
+        per_model[name] = protocol_metrics(feats, probe, params.eval, dist.device())
+        plot_files += write_plots(plots_dir, name, probe, feats["test"][1], class_names)
+        chance = 1.0 / len(probe["classes"])
+    metrics = compare(per_model, params.eval.probe_mode, chance)
+    atomic_write_json(metrics_path, metrics)
+
+    tracker.log_metrics({f"{group}/{k}": v for group in (*MODELS, "delta")
+                         for k, v in metrics[group].items()} | {"chance": chance}, step=0)
+    for path in (Path(metrics_path), *plot_files):
+        tracker.log_artifact(path, "evaluate")
+    return metrics

@@ -1,0 +1,95 @@
+"""Optimizer parameter groups: weight-decay sets, layer-wise lr decay, frozen blocks.
+
+Usage::
+
+    groups = decay_groups(mamp, 0.05, skip=MAMP_NO_DECAY)           # pretraining
+    groups = tuning_param_groups(stars, params.tune, params.model.depth)  # freezes the rest
+    fit(model, step_fn, groups, ...)                                # pipeline.training.loop
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from torch import nn
+
+from pipeline.core.config import TuneConfig
+
+# Besides biases and norms (ndim <= 1), embeddings and the mask token get no weight decay.
+MAMP_NO_DECAY = ("temp_embed", "pos_embed", "mask_token", "decoder_temp_embed",
+                 "decoder_pos_embed")
+
+def decay_groups(model: nn.Module, weight_decay: float,
+                 skip: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Decay / no-decay groups over the trainable parameters only. No decay on biases and
+    norms (every parameter with ndim <= 1) and on the parameter names in `skip`
+    (e.g. position embeddings, the mask token)."""
+    skip = set(skip)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or name.endswith(".bias") or name in skip:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": no_decay, "weight_decay": 0.0},
+            {"params": decay, "weight_decay": weight_decay}]
+
+
+def layer_of(name: str, depth: int) -> int:
+    """Layer id for lr decay (MAE/BEiT numbering): embeddings 0, block i -> i + 1, final
+    norm and head depth + 1. Block i thus gets decay ** (depth - i)."""
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    if name.startswith(("norm.", "head.")):
+        return depth + 1
+    return 0
+
+
+def tuning_param_groups(model: nn.Module, cfg: TuneConfig, depth: int) -> list[dict]:
+    """Freeze all but the tuned part of `model` and return AdamW parameter groups.
+
+    Tuned: the top `cfg.tuned_blocks` blocks (-1: blocks depth/2 .. depth-1, the paper's
+    "second half"), the final norm and the head; `cfg.full` tunes every block and the
+    embeddings. The rest gets requires_grad False, so no gradient is computed for it (the
+    release meant to do this but wrote `required_grad`). Block i gets lr
+    cfg.lr * cfg.layer_decay ** (depth - i); norm and head cfg.lr; no weight decay on biases,
+    norms and position embeddings. Each group carries `lr_scale` (its lr / cfg.lr, which
+    `pipeline.training.loop.fit` multiplies by the scheduled lr), `layer`, `head` and `names`.
+    """
+    n_tuned = depth if cfg.full else (depth // 2 if cfg.tuned_blocks < 0 else cfg.tuned_blocks)
+    first = depth - n_tuned
+    groups: dict[tuple[int, bool, bool], dict] = {}
+    for name, p in model.named_parameters():
+        layer = layer_of(name, depth)
+        tuned = cfg.full or layer > first
+        p.requires_grad_(tuned)
+        if not tuned:
+            continue
+        is_head = name.startswith("head.")
+        no_decay = p.ndim <= 1 or name.endswith((".bias", "pos_embed", "temp_embed"))
+        key = (layer, is_head, no_decay)
+        if key not in groups:
+            scale = cfg.layer_decay ** (depth + 1 - layer)
+            groups[key] = {"params": [], "names": [], "layer": layer, "head": is_head,
+                           "lr_scale": scale, "lr": cfg.lr * scale,
+                           "weight_decay": 0.0 if no_decay else cfg.weight_decay}
+        groups[key]["params"].append(p)
+        groups[key]["names"].append(name)
+    return [groups[k] for k in sorted(groups)]
+
+
+def set_head_only(groups: list[dict], head_only: bool) -> None:
+    """Head warm-up switch (the release's 20-epoch variant), flipped at epoch boundaries.
+
+    While on, only the head's groups require gradients: the encoder's groups stay in the
+    optimizer (build it with the switch off) but get no gradient, so AdamW skips them (no
+    update, no weight decay, moments untouched until they join) and their backward pass is
+    not computed. Under DDP this needs find_unused_parameters, which leaves the gradients of
+    globally unused parameters at None.
+    """
+    for g in groups:
+        for p in g["params"]:
+            p.requires_grad_(g["head"] or not head_only)

@@ -1,0 +1,35 @@
+"""Paper presets: each one is valid against params.yaml and carries the paper's values."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.cli.presets import available, load_preset, preset_args
+from pipeline.core.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_every_paper_benchmark_has_a_preset():
+    assert set(available()) == {"ntu60-xsub", "ntu60-xview", "ntu120-xsub", "ntu120-xset",
+                                "pku2-xsub"}
+
+
+@pytest.mark.parametrize("name", ["ntu60-xsub", "ntu60-xview", "ntu120-xsub", "ntu120-xset",
+                                  "pku2-xsub"])
+def test_preset_is_paper_size_and_valid(name):
+    over = load_preset(name, BASE)
+    assert (over["model.depth"], over["model.dim"], over["model.frames"]) == (8, 256, 120)
+    assert over["pretrain.epochs"] == 400 and over["pretrain.batch_size"] == 128
+    decay = {"ntu60": 0.45, "ntu120": 0.4, "pku2": 0.35}[over["data.source"]]
+    assert over["tune.layer_decay"] == decay
+    assert over["model.decoder_depth"] == (3 if over["data.source"] == "ntu60" else 5)
+    args = preset_args(name, ROOT / "params.yaml")
+    assert f"-S data.source={over['data.source']}" in args
+
+
+def test_unknown_preset_lists_the_available_ones():
+    with pytest.raises(ConfigError, match="available: ntu120-xset"):
+        load_preset("ntu61-xsub", BASE)
