@@ -9,11 +9,16 @@ A stage script parses its paths, then::
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 from pipeline.core.config import Params, load_params
 from pipeline.core.errors import UserError
+from pipeline.core.io import atomic_write_json, atomic_write_text
 
 
 @contextlib.contextmanager
@@ -43,3 +48,22 @@ def stage_context(name: str, params_path: str = "params.yaml",
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def write_outputs(metrics_path: Path, metrics: Mapping[str, Any], curve_path: Path,
+                  history: Sequence[Mapping[str, Any]], columns: Sequence[str],
+                  tracker: Any) -> None:
+    """A training stage's tail (rank 0 only): the metrics JSON, the per-epoch curve CSV
+    (a column missing from an epoch is left empty), and the scalar metrics to the tracker."""
+    from pipeline.core import dist
+
+    if not dist.is_main():
+        return
+    atomic_write_json(metrics_path, dict(metrics))
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([h.get(c, "") for c in columns] for h in history)
+    atomic_write_text(curve_path, buf.getvalue())
+    tracker.log_metrics({k: v for k, v in metrics.items() if not isinstance(v, list)},
+                        step=len(history))
