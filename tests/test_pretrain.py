@@ -91,7 +91,7 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     from pathlib import Path
 
-    sys.path.insert(0, {tests!r})
+    sys.path[:0] = [{tests!r}, str(Path({tests!r}).parent)]
     from test_pretrain import TINY
     from pipeline.core import dist
     from pipeline.core.config import DistConfig, parse_params

@@ -57,8 +57,8 @@ SCRIPT = textwrap.dedent("""
 
     import torch
 
-    sys.path.insert(0, {tests!r})
-    from test_train import GLOBAL_BATCH, mse_step, tiny_loader, tiny_model
+    sys.path[:0] = [{tests!r}, str(Path({tests!r}).parents[1])]
+    from tests.training.test_loop import GLOBAL_BATCH, mse_step, tiny_loader, tiny_model
     from pipeline.core import dist
     from pipeline.core.config import DistConfig
     from pipeline.core.launch import maybe_relaunch
