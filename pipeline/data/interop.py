@@ -333,6 +333,7 @@ def export_npz(store_dir: str | Path, dst: str | Path, max_frames: int = 300) ->
     .npz: x float32 (N, max_frames, 150), zero padded, longer samples truncated (counted);
     y float64 one-hot over the base classes in class-list order. Atomic."""
     store = Store.open(store_dir)
+    store.verify()  # an export is a copy for other tools: never of a silently modified store
     dst = Path(dst)
     novel = set(store.meta.get("novel_labels", []))
     base = [c for c in range(len(store.meta["class_names"])) if c not in novel]

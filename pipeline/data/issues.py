@@ -111,8 +111,9 @@ def read_input(path: str | Path) -> bytes:
     try:
         mode = path.stat().st_mode  # follows symbolic links
     except FileNotFoundError:
-        what = "a broken symbolic link" if path.is_symlink() else "not found"
-        raise BadFile(path, None, "not_a_file", f"{what}; remove it or restore the file") from None
+        what = ("a broken symbolic link; remove it or restore its target" if path.is_symlink()
+                else "not found; check the path")
+        raise BadFile(path, None, "not_a_file", what) from None
     except OSError as exc:
         raise BadFile(path, None, "unreadable", f"cannot read ({exc.strerror})") from None
     if not stat.S_ISREG(mode):
