@@ -110,9 +110,9 @@ def read_input(path: str | Path) -> bytes:
     path = Path(path)
     try:
         mode = path.stat().st_mode  # follows symbolic links
-    except FileNotFoundError:
+    except FileNotFoundError as exc:
         what = ("a broken symbolic link; remove it or restore its target" if path.is_symlink()
-                else "not found; check the path")
+                else f"cannot read ({exc.strerror}); check the path")
         raise BadFile(path, None, "not_a_file", what) from None
     except OSError as exc:
         raise BadFile(path, None, "unreadable", f"cannot read ({exc.strerror})") from None
