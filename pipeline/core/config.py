@@ -55,6 +55,10 @@ class SynthConfig:
     noise_std: float = _spec(0.01, ge=0.0, help="sensor noise (metres)")
     nan_rate: float = _spec(0.0, ge=0.0, le=1.0,
                             help="fraction of files with one NaN joint (a few real NTU files)")
+    damaged_files: int = _spec(3, ge=0, le=99,
+                               help="malformed files written beside the valid ones (truncated "
+                                    "mid-frame, a non-numeric token, a wrong joint count, in "
+                                    "turn) so that every run exercises preprocess's skip path")
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ def summarize_store(directory: Path) -> str:
     index, meta = store.index, store.meta
     parts = ", ".join(f"{n} {split}{' novel' if novel else ''}" for (split, novel), n in
                       index.groupby(["split", "novel"]).size().items())
-    return "\n".join([
-        f"{directory}: {meta.get('dataset')} {meta.get('benchmark')}, fingerprint verified",
-        f"  {len(store)} samples ({parts or 'none'}), {len(meta['class_names'])} classes "
-        f"({len(meta.get('novel_labels', []))} novel), {meta['frames_shape'][0]} frames"])
+    head = f"{directory}: {meta.get('dataset')} {meta.get('benchmark')}, fingerprint verified"
+    return (f"{head}\n  {len(store)} samples ({parts or 'none'}), {len(meta['class_names'])} "
+            f"classes ({len(meta.get('novel_labels', []))} novel), {meta['frames_shape'][0]} "
+            f"frames")
