@@ -30,6 +30,7 @@ from pipeline.core import dist
 from pipeline.core.config import EvalConfig, Params, to_dict
 from pipeline.core.errors import UserError
 from pipeline.core.io import atomic_write_json, atomic_write_text, file_sha256
+from pipeline.data.checks import check_data_params
 from pipeline.data.dataset import SkeletonDataset
 from pipeline.data.store import Store
 from pipeline.data.transforms import TestTransform, TrainTransform
@@ -163,6 +164,7 @@ def run_evaluate(params: Params, store_dir: str | Path, mamp_ckpt: str | Path,
             raise UserError(f"{ckpt}: checkpoint not found; run the stage that writes it "
                             "(dvc repro pretrain / tune) or import published weights")
     store = Store.open(store_dir)
+    check_data_params(params, store, "evaluate")
     features_dir, plots_dir = Path(features_dir), Path(plots_dir)
     class_names = list(store.meta.get("class_names", []))
     per_model, plot_files, chance = {}, [], 0.0

@@ -22,8 +22,9 @@ from torch.utils.data import DataLoader
 
 from pipeline.core import dist
 from pipeline.core.config import Params, to_dict
-from pipeline.core.errors import ConfigError, UserError
+from pipeline.core.errors import ConfigError
 from pipeline.core.stage import write_outputs
+from pipeline.data.checks import check_data_params
 from pipeline.data.dataset import GlobalBatchSampler, SkeletonDataset, make_loader
 from pipeline.data.store import Store
 from pipeline.data.transforms import TrainTransform
@@ -48,10 +49,8 @@ def run_pretrain(params: Params, store_dir: Path, ckpt_dir: Path, metrics_path: 
         raise ConfigError(f"pretrain.batch_size: {cfg.batch_size} is invalid: must be "
                           f"divisible by the number of processes ({world})")
     store = Store.open(store_dir)
+    check_data_params(params, store, "pretrain")
     rows = store.select(split="train", novel=False)
-    if len(rows) < cfg.batch_size:
-        raise UserError(f"{store_dir}: {len(rows)} training samples, fewer than one global "
-                        f"batch (pretrain.batch_size {cfg.batch_size}); lower the batch size")
     dataset = SkeletonDataset(store, rows, TrainTransform(
         frames_out=model_cfg.frames, crop_min=cfg.crop_min, crop_floor=cfg.crop_floor,
         rotate=cfg.rotate))

@@ -33,6 +33,7 @@ from pipeline.core.config import Params, to_dict
 from pipeline.core.errors import ConfigError, UserError
 from pipeline.core.io import file_sha256
 from pipeline.core.stage import write_outputs
+from pipeline.data.checks import check_data_params
 from pipeline.data.dataset import GlobalBatchSampler, SkeletonDataset, make_loader
 from pipeline.data.store import Store
 from pipeline.data.transforms import TestTransform
@@ -110,9 +111,7 @@ def run_tune(params: Params, store_dir: Path, pretrain_ckpt: Path, ckpt_dir: Pat
     base = store.select(split="train", novel=False)
     labels = store.index["label"].to_numpy()
     train_rows, val_rows = split_validation(base, labels[base], cfg.val_fraction, cfg.val_seed)
-    if len(train_rows) < cfg.batch_size:
-        raise UserError(f"{store_dir}: {len(train_rows)} tuning samples, fewer than one global "
-                        f"batch (tune.batch_size {cfg.batch_size}); lower the batch size")
+    check_data_params(params, store, "tune", tune_split=(train_rows, val_rows))
 
     views = ViewTransform(cfg.view, model_cfg.frames, mask_ratio=cfg.view_mask_ratio,
                           t_patch=model_cfg.t_patch, crop_min=params.pretrain.crop_min,

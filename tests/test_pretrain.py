@@ -79,12 +79,16 @@ def test_longer_run_resumes_from_the_shorter_one_only_when_config_matches(tmp_pa
     assert changed["final_loss"] != first["final_loss"]
 
 
-def test_batch_larger_than_the_train_split_is_a_user_error(tmp_path):
-    from pipeline.core.errors import UserError
+def test_batch_larger_than_the_train_split_names_the_key_before_training(tmp_path):
+    from pipeline.core.errors import ConfigError
 
     store = write_store(tmp_path / "store")
-    with pytest.raises(UserError, match="8 training samples, fewer than one global batch"):
+    with pytest.raises(ConfigError) as err:
         run(tmp_path, store, batch_size=16)
+    assert str(err.value) == (f"pretrain.batch_size: 16 is invalid: the store {store} holds 8 "
+                              f"base-class training samples (one global batch must fit); use "
+                              f"at most 8")
+    assert not (tmp_path / "ckpt").exists()
 
 
 SCRIPT = textwrap.dedent("""

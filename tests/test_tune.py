@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +110,20 @@ def test_head_warmup_trains_the_encoder_only_after_its_epochs(tmp_path):
     per_epoch = 12 // 4                        # 12 base-class train samples, batch 4
     assert steps["head.predictor.0.weight"] == 3 * per_epoch
     assert steps["blocks.1.mlp.fc1.weight"] == steps["norm.weight"] == 1 * per_epoch
+
+
+@pytest.mark.parametrize("key, value, holds", [
+    ("batch_size", 10, "9 tuning samples after the validation split"),
+    ("val_k", 10, "9 samples in the validation kNN bank"),
+])
+def test_data_dependent_key_is_checked_before_any_training(tmp_path, key, value, holds):
+    with pytest.raises(ConfigError) as err:
+        tune(tmp_path, **{key: value})
+    message = str(err.value)
+    assert message.startswith(f"tune.{key}: {value} is invalid: the store {tmp_path / 'store'} "
+                              f"holds {holds}") and message.endswith("use at most 9")
+    assert re.findall(r"\b(?:tune|eval|pretrain)\.\w+", message) == [f"tune.{key}"]
+    assert not (tmp_path / "ckpt").exists()  # nothing trained
 
 
 def test_head_warmup_must_leave_epochs_to_tune(tmp_path):
