@@ -117,7 +117,7 @@ def _check_row(fields: list[str], n_frames: int, num_classes: int) -> tuple[int,
     try:
         label, start, end = (int(f) for f in fields[:3])
     except ValueError:
-        return f"label, start and end must be integers, got {','.join(fields[:3])!r}"
+        return f"label, start and end must be integers, got {token(','.join(fields[:3]))}"
     if not 1 <= label <= num_classes:
         return f"label {label} out of range 1..{num_classes}"
     if start < 0 or start >= end:
