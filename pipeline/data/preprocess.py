@@ -10,9 +10,10 @@ in the metrics, as a stored sample (train / test / novel), an official missing s
 lists, never read), a file outside the dataset (e.g. NTU-120 files when the source is ntu60,
 or a repeated name), or a skipped file (`preprocess.on_error: skip`; with `raise` the first
 such line stops the stage and nothing is written). Skipped files are counted per category
-in `skipped` ({"count": n, "truncated": n, ...}, the keys of `pipeline.data.issues.CATEGORIES`)
-and listed in `issues` as {file, line, category, message}. Files are parsed and denoised by `preprocess.workers` processes and
-written in name order, so the store is byte-identical whatever the number of workers.
+in `skipped` ({"count": n, "truncated": n, ...}; the keys of `pipeline.data.issues.CATEGORIES`,
+safe as metric names) and listed in `issues` as {file, line, category, message}. Files are
+parsed and denoised by `preprocess.workers` processes and written in name order, so the store
+is byte-identical whatever the number of workers.
 
 For ntu60 with `data.novel_dir`, the NTU-120 files of actions A061-A120 found there are added
 with `novel=True` (the few-shot classes); the class list is then all 120 NTU names.
