@@ -57,9 +57,11 @@ exp: setup  ## run a paper preset as a DVC experiment: make exp PRESET=ntu60-xsu
 	echo "make exp: the run failed; params.yaml is back as it was" >&2; exit $$rc; fi
 
 # The columns of `make exps`: params (their groups, as in params.yaml) that differ between the
-# rows, and the headline metrics of both models (fine-tune when metrics/finetune.json exists).
+# rows, and the headline metrics of both models: kNN, linear and few-shot from
+# metrics/evaluate.json, and each fine-tuning protocol's <model>.<protocol>.top1 when
+# metrics/finetune.json exists.
 PARAM_GROUPS := data|synth|preprocess|model|pretrain|tune|eval|report|dist|tracking
-HEADLINE     := knn_top1_k1|linear_top1|fewshot_knn_k1|fewshot_5way_5shot_proto_mean|finetune_top1
+HEADLINE     := knn_top1_k1|linear_top1|fewshot_knn_k1|fewshot_5way_1shot_proto_mean|\w+\.top1
 exps: setup  ## `dvc exp show`: only the params that differ and the headline metrics
 	$(DVC) exp show --only-changed --drop '(?!($(PARAM_GROUPS))\.)' \
-	    --keep '^(Experiment|Created|(metrics/\w+\.json:)?(mamp|stars)\.($(HEADLINE))$$)' $(ARGS)
+	    --keep '^(Experiment|rev|Created|(metrics/\w+\.json:)?(mamp|stars)\.($(HEADLINE))$$)' $(ARGS)

@@ -71,9 +71,9 @@ def test_a_typo_in_params_yaml_stops_make_repro_before_any_file_changes(project)
         out = _make(repo, env, "repro")
         assert out.returncode != 0
         errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
-        assert errors == ["error: synth.performerz: unknown key; allowed: seed, base_classes, "
-                          "novel_classes, performers, setups, replications, cameras, "
-                          "min_frames, max_frames, artifact_rate, noise_std, nan_rate"]
+        assert errors == [("error: synth.performerz: unknown key; allowed: seed, base_classes, "
+                           "novel_classes, performers, setups, replications, cameras, "
+                           "min_frames, max_frames, artifact_rate, noise_std, nan_rate")]
         assert "dvc" not in out.stdout.split("-m pipeline check")[-1]   # DVC never started
         assert _snapshot(repo) == before
     finally:
