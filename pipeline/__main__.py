@@ -1,6 +1,6 @@
 """Command line: `python -m pipeline <command> ...` (also installed as `stars`).
 
-Commands: synth, inspect, import-weights, export-weights, import-data, export-data,
+Commands: check, synth, inspect, import-weights, export-weights, import-data, export-data,
 preset-args. Heavy modules are
 imported inside each command so `--help` is instant. User errors print one line and exit 2.
 """
@@ -23,6 +23,12 @@ def _add_synth_overrides(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--" + name.replace("_", "-"), dest=f"synth_{name}",
                             type=field.annotation, default=None,
                             help=field.description or f"default: params.yaml synth.{name}")
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    from pipeline.cli.check import check
+
+    print(check(Path(args.params), args.preset))
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -82,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n")[0])
     parser.add_argument("--params", default="params.yaml", help="parameters file")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check", help="validate params.yaml (and a preset) and the raw data "
+                                     "before a run; one line naming the key on failure")
+    p.add_argument("--preset", default=None, help="also apply presets/<PRESET>.yaml")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("synth", help="write the procedural dataset as NTU .skeleton files")
     p.add_argument("--out", required=True, help="output folder")

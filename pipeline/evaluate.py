@@ -13,13 +13,15 @@ novel classes (the release's kNN: bank = novel train, queries = novel test; epis
 all novel samples of both splits) and cluster quality of the test features.
 
 Outputs: `metrics_path` = {"mamp": {...}, "stars": {...}, "delta": {stars - mamp},
-"probe_mode", "chance"} with the same flat keys for both models; DVC plots
+"probe_mode", "chance"} with the same flat keys for both models; the wall time in
+`timing.json` beside it; DVC plots
 `plots_dir/<model>_{confusion,per_class,probe_curve}.csv`; the same numbers to the tracker.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from pipeline.core import dist
 from pipeline.core.config import EvalConfig, Params, to_dict
 from pipeline.core.errors import UserError
 from pipeline.core.io import atomic_write_json, atomic_write_text, file_sha256
+from pipeline.core.stage import write_timing
 from pipeline.data.checks import check_data_params
 from pipeline.data.dataset import SkeletonDataset
 from pipeline.data.store import Store
@@ -159,6 +162,7 @@ def run_evaluate(params: Params, store_dir: str | Path, mamp_ckpt: str | Path,
                  stars_ckpt: str | Path, features_dir: str | Path, metrics_path: str | Path,
                  plots_dir: str | Path, tracker: Any) -> dict[str, Any]:
     """Evaluate both checkpoints; write metrics, plots and features; return the metrics."""
+    start = time.perf_counter()
     for ckpt in (Path(mamp_ckpt), Path(stars_ckpt)):
         if not ckpt.is_file():
             raise UserError(f"{ckpt}: checkpoint not found; run the stage that writes it "
@@ -181,4 +185,6 @@ def run_evaluate(params: Params, store_dir: str | Path, mamp_ckpt: str | Path,
                          for k, v in metrics[group].items()} | {"chance": chance}, step=0)
     for path in (Path(metrics_path), *plot_files):
         tracker.log_artifact(path, "evaluate")
+    write_timing(Path(metrics_path), "evaluate", {"wall_time_s": time.perf_counter() - start},
+                 tracker)
     return metrics

@@ -32,7 +32,7 @@ from pipeline.core import dist
 from pipeline.core.config import Params, to_dict
 from pipeline.core.errors import ConfigError, UserError
 from pipeline.core.io import file_sha256
-from pipeline.core.stage import write_outputs
+from pipeline.core.stage import write_outputs, write_timing
 from pipeline.data.checks import check_data_params
 from pipeline.data.dataset import GlobalBatchSampler, SkeletonDataset, make_loader
 from pipeline.data.store import Store
@@ -98,7 +98,8 @@ def _sharded_features(model: STARS, store: Store, rows: np.ndarray, transform: T
 
 def run_tune(params: Params, store_dir: Path, pretrain_ckpt: Path, ckpt_dir: Path,
              metrics_path: Path, plots_dir: Path, tracker: Any) -> dict[str, Any]:
-    """Tune for `tune.epochs` epochs; returns the metrics written to JSON."""
+    """Tune for `tune.epochs` epochs; returns the results (written to `metrics_path`) and
+    the timing (written to `timing.json` beside it) in one dict."""
     cfg, model_cfg = params.tune, params.model
     world = dist.world_size()
     if cfg.batch_size % world:
@@ -166,9 +167,9 @@ def run_tune(params: Params, store_dir: Path, pretrain_ckpt: Path, ckpt_dir: Pat
     wall = time.perf_counter() - start
 
     curve = [h["val_knn"] for h in history if "val_knn" in h]
-    metrics: dict[str, Any] = {
-        "final_loss": history[-1]["loss"], "epochs": len(history),
-        "train_samples": len(train_rows), "val_samples": len(val_rows),
+    metrics: dict[str, Any] = {"final_loss": history[-1]["loss"]}
+    timing = {
+        "epochs": len(history), "train_samples": len(train_rows), "val_samples": len(val_rows),
         "global_batch": cfg.batch_size, "processes": world,
         "median_samples_per_s": statistics.median(h["samples_per_s"] for h in history),
         "trainable_parameters": trainable,
@@ -180,4 +181,5 @@ def run_tune(params: Params, store_dir: Path, pretrain_ckpt: Path, ckpt_dir: Pat
                         "best_epoch": history[best]["epoch"], "val_knn_curve": curve})
     write_outputs(metrics_path, metrics, Path(plots_dir) / "curves.csv", history,
                   ["epoch", "loss", "val_knn"], tracker)
-    return metrics
+    write_timing(metrics_path, "tune", timing, tracker)
+    return metrics | timing

@@ -79,7 +79,10 @@ def test_validation_split_is_stratified_disjoint_and_reproducible():
 
 def test_run_tune_writes_checkpoints_metrics_and_curves_with_published_keys(tmp_path):
     params, metrics, pretrained = tune(tmp_path)
-    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    results = json.loads((tmp_path / "metrics.json").read_text())
+    timing = json.loads((tmp_path / "timing.json").read_text())["tune"]
+    assert set(results) == {"final_loss", "val_knn_last", "val_knn_best", "best_epoch",
+                            "val_knn_curve"} and results | timing == metrics
     assert (metrics["epochs"], metrics["train_samples"], metrics["val_samples"]) == (2, 9, 3)
     assert len(metrics["val_knn_curve"]) == 2 and 0 <= metrics["val_knn_last"] <= 1
     assert metrics["best_epoch"] in (0, 1) and np.isfinite(metrics["final_loss"])

@@ -15,6 +15,7 @@ with one line naming the key, the value and what is allowed, e.g.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -337,13 +338,22 @@ def parse_params(raw: dict) -> Params:
     return params
 
 
+class ParamsLoader(yaml.SafeLoader):
+    """YAML as DVC reads it: PyYAML's YAML 1.1 float rule needs a dot, so `1e-3` would be text."""
+
+
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Load and validate `params.yaml`; raises ConfigError with a one-line message."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: parameters file not found; run from the repository root")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=ParamsLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any
 from pipeline.core.config import Params, load_params
 from pipeline.core.errors import UserError
 from pipeline.core.io import atomic_write_json, atomic_write_text
+
+TIMING_FILE = "timing.json"
 
 
 @contextlib.contextmanager
@@ -67,3 +70,21 @@ def write_outputs(metrics_path: Path, metrics: Mapping[str, Any], curve_path: Pa
     atomic_write_text(curve_path, buf.getvalue())
     tracker.log_metrics({k: v for k, v in metrics.items() if not isinstance(v, list)},
                         step=len(history))
+
+
+def write_timing(metrics_path: Path, stage: str, timing: Mapping[str, Any], tracker: Any) -> None:
+    """A stage's timings, throughputs and sizes (rank 0 only): to the tracker and, under the
+    stage's key, to `timing.json` beside its metrics. Not a DVC metric: they change on every
+    run and would bury the results in `dvc exp show`; three stages write it, so it is no
+    stage's output either (git ignores it)."""
+    from pipeline.core import dist
+
+    if not dist.is_main():
+        return
+    path = Path(metrics_path).parent / TIMING_FILE
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}   # first stage, or a file cut short: start afresh
+    atomic_write_json(path, {**(known if isinstance(known, dict) else {}), stage: dict(timing)})
+    tracker.log_metrics({f"timing/{k}": v for k, v in timing.items()})
