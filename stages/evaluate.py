@@ -16,7 +16,7 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON")
     parser.add_argument("--plots", type=Path, required=True, help="plots folder")
     args = parser.parse_args()
-    with stage_context("evaluate") as (params, tracker):
+    with stage_context("evaluate", outputs=(args.features, args.metrics, args.plots)) as (params, tracker):
         run_evaluate(params, args.data, args.mamp, args.stars, args.features, args.metrics,
                      args.plots, tracker)
 
