@@ -122,8 +122,8 @@ def agree(values: Mapping[str, str]) -> None:
     mine = (int(os.environ.get("GROUP_RANK", "0")), dict(values))
     gathered: list[Any] = [None] * world_size()
     tdist.all_gather_object(gathered, mine)
-    for name, value in values.items():
-        odd = sorted({node for node, v in gathered if v[name] != gathered[0][1][name]})
+    for name in values:
+        odd = sorted({node for node, v in gathered if v.get(name) != gathered[0][1].get(name)})
         if odd:
             raise UserError(f"node(s) {odd} differ from node 0 in {name}: every node must run "
                             "the same stage with a copy of node 0's params.yaml and data "
