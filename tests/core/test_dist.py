@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import runpy
 import subprocess
 import sys
@@ -135,3 +136,29 @@ def test_two_gloo_processes_draw_the_same_loss_curve_as_one(tmp_path):
         assert b == c
         assert b == pytest.approx(a, abs=1e-6)
     assert (two / "ckpt" / "last.pt").is_file()
+
+
+AGREE = """
+import sys
+from pipeline.core import dist
+from pipeline.core.errors import UserError
+try:
+    dist.init(agree_on={"stage": "pretrain", "params.yaml": sys.argv[1]})
+except UserError as exc:
+    print(exc)
+dist.teardown()
+"""
+
+
+@pytest.mark.slow  # ~5 s: two torch start-ups
+def test_nodes_that_disagree_stop_with_one_line_naming_them():
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port())}
+    procs = [subprocess.Popen([sys.executable, "-c", AGREE, digest], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              env={**env, "RANK": str(node), "GROUP_RANK": str(node)})
+             for node, digest in ((0, "same"), (1, "edited"))]
+    for proc in procs:
+        out = proc.communicate(timeout=120)[0]
+        assert out.startswith("node(s) [1] differ from node 0 in params.yaml: "), out
+        assert out.count("\n") == 1
