@@ -88,9 +88,13 @@ def cmd_worker(args: argparse.Namespace) -> None:
     from pipeline.core.tracking import NullTracker
 
     params = load_params(args.params)
-    if not 0 < args.node_rank < params.dist.nnodes:
-        raise ConfigError(f"--node-rank: {args.node_rank} is invalid: must be 1 to "
-                          f"dist.nnodes - 1 ({params.dist.nnodes - 1}); node 0 runs DVC")
+    nnodes = params.dist.nnodes
+    if nnodes == 1:
+        raise ConfigError(f"dist.nnodes: 1 in {args.params} leaves no node to work on; copy "
+                          "node 0's params.yaml here")
+    if not 0 < args.node_rank < nnodes:
+        raise ConfigError(f"--node-rank: {args.node_rank} is invalid: must be 1 to {nnodes - 1} "
+                          f"(dist.nnodes {nnodes}); node 0 runs DVC")
     ensure_fast_allocator(sys.argv)
     maybe_relaunch(params.dist, sys.argv, args.stage, args.node_rank)
     dist.init(params.dist, agree_on=run_identity(args.stage, params))
