@@ -31,7 +31,6 @@ from torch.utils.data import DataLoader
 from pipeline.core import dist
 from pipeline.core.config import Params, to_dict
 from pipeline.core.errors import ConfigError, UserError
-from pipeline.core.io import file_sha256
 from pipeline.core.stage import write_outputs, write_timing
 from pipeline.data.checks import check_data_params
 from pipeline.data.dataset import GlobalBatchSampler, SkeletonDataset, make_loader
@@ -72,15 +71,17 @@ def stars_step(model: torch.nn.Module, batch: dict[str, torch.Tensor]
     return model(x, batch["index"]), {}
 
 
-def _load_pretrained(model: STARS, path: Path) -> None:
-    """Encoder weights from a MAMP checkpoint (decoder keys ignored); errors name the file."""
-    state = checkpoint.load(path)["model"]
+def _load_pretrained(model: STARS, path: Path) -> str:
+    """Encoder weights from a MAMP checkpoint (decoder keys ignored), read by rank 0 and sent
+    to the others (only node 0 holds it); returns their `weights_digest`. Errors name the file."""
+    state = dist.broadcast_object(checkpoint.load(path)["model"] if dist.is_main() else None)
     try:
         model.load_encoder(state)
     except (KeyError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise UserError(f"{path}: does not fit the configured encoder ({first}); set the "
                         f"`model:` section of params.yaml to the pretrained sizes") from None
+    return checkpoint.weights_digest(state)
 
 
 def _sharded_features(model: STARS, store: Store, rows: np.ndarray, transform: TestTransform,
@@ -125,7 +126,7 @@ def run_tune(params: Params, store_dir: Path, pretrain_ckpt: Path, ckpt_dir: Pat
 
     seed_everything(cfg.seed)   # the same head on every rank and every run
     model = STARS(model_cfg, cfg)
-    _load_pretrained(model, pretrain_ckpt)
+    pretrained = _load_pretrained(model, pretrain_ckpt)
     groups = tuning_param_groups(model, cfg, model_cfg.depth)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -158,7 +159,9 @@ def run_tune(params: Params, store_dir: Path, pretrain_ckpt: Path, ckpt_dir: Pat
     if cfg.view == "crop_rotate":
         config["views"] = {k: getattr(params.pretrain, k) for k in ("crop_min", "crop_floor",
                                                                    "rotate")}
-    semantic = {**config, "pretrained": file_sha256(pretrain_ckpt)}
+    # resume key: the pretrained weights, not the file (a re-run of pretrain that gives the
+    # same weights writes other timings into it, and must not restart tuning)
+    semantic = {**config, "pretrained": pretrained}
     start = time.perf_counter()
     history = fit(model, stars_step, groups, loader_factory, loop, ckpt_dir=ckpt_dir,
                   kind="stars", config=config,

@@ -83,7 +83,7 @@ def setup(tmp_path_factory):
 
 
 def evaluate(root: Path, params, store, mamp, stars, tracker=None):
-    return run_evaluate(params, store, mamp, stars, root / "features",
+    return run_evaluate(params, store, mamp, stars, root / "features", root / "probe",
                         root / "metrics" / "evaluate.json", root / "plots", tracker or
                         RecordingTracker())
 
@@ -178,7 +178,7 @@ def test_paper_mode_probe_trains_through_the_encoder(setup, tmp_path):
     metrics = evaluate(tmp_path, paper, store, mamp, stars)
     assert metrics["probe_mode"] == "paper"
     assert 0.0 <= metrics["stars"]["linear_top1"] <= metrics["stars"]["linear_top5"] <= 1.0
-    assert (tmp_path / "features" / "probe_stars" / "last.pt").is_file()
+    assert (tmp_path / "probe" / "stars" / "last.pt").is_file()
     curve = list(csv.DictReader((tmp_path / "plots" / "mamp_probe_curve.csv").open()))
     assert len(curve) == 2
 

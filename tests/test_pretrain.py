@@ -108,7 +108,7 @@ SCRIPT = textwrap.dedent("""
 
     def main(store, out, nproc, port):
         cfg = DistConfig(nproc=nproc, rdzv_endpoint=f"127.0.0.1:{{port}}")
-        maybe_relaunch(cfg, [__file__, str(store), str(out), str(nproc), str(port)])
+        maybe_relaunch(cfg, [__file__, str(store), str(out), str(nproc), str(port)], "pretrain")
         dist.init(cfg)
         params = parse_params({{**TINY, "dist": {{"nproc": nproc}}}})
         out = Path(out)

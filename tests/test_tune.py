@@ -13,6 +13,7 @@ import torch
 
 from pipeline.core.config import parse_params
 from pipeline.core.errors import ConfigError
+from pipeline.core.io import file_sha256
 from pipeline.core.tracking import NullTracker
 from pipeline.data import transforms
 from pipeline.eval.features import load_encoder
@@ -102,6 +103,29 @@ def test_run_tune_writes_checkpoints_metrics_and_curves_with_published_keys(tmp_
         assert torch.equal(encoder.state_dict()[key], pretrained[key]), key
     assert not torch.equal(encoder.state_dict()["blocks.1.mlp.fc1.weight"],
                            pretrained["blocks.1.mlp.fc1.weight"])
+
+
+def test_resume_key_is_the_pretrained_weights_not_the_file_bytes(tmp_path, capsys):
+    """A pretrain re-run that gives the same weights rewrites last.pt with other timings:
+    tune resumes. Changed weights start tune afresh."""
+    params, _, _ = tune(tmp_path, epochs=1)
+    first = checkpoint.load(tmp_path / "ckpt" / "last.pt")["extra"]["history"]
+    mamp = checkpoint.load(tmp_path / "mamp.pt")
+    before = file_sha256(tmp_path / "mamp.pt")
+    checkpoint.save(tmp_path / "mamp.pt", {**mamp, "extra": {"history": [{"wall_s": 1.5}]}})
+    assert file_sha256(tmp_path / "mamp.pt") != before
+    args = (tmp_path / "store", tmp_path / "mamp.pt", tmp_path / "ckpt", tmp_path / "m.json",
+            tmp_path / "plots", NullTracker())
+    capsys.readouterr()
+    run_tune(params, *args)
+    assert "resuming after epoch 1" in capsys.readouterr().out
+    # nothing re-trained: the epochs and their timings are the first run's
+    assert checkpoint.load(tmp_path / "ckpt" / "last.pt")["extra"]["history"] == first
+
+    mamp["model"]["pos_embed"] += 1e-3
+    checkpoint.save(tmp_path / "mamp.pt", mamp)
+    run_tune(params, *args)
+    assert "starting fresh" in capsys.readouterr().out
 
 
 def test_head_warmup_trains_the_encoder_only_after_its_epochs(tmp_path):

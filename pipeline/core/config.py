@@ -194,8 +194,7 @@ class DistConfig:
     """How a training stage is launched: one process, or torchrun above 1."""
 
     nproc: int = Field(1, ge=1, description="processes per node")
-    nnodes: int = Field(1, ge=1)
-    node_rank: int = Field(0, ge=0)
+    nnodes: int = Field(1, ge=1, description="nodes: node 0 runs DVC, others `pipeline worker`")
     rdzv_endpoint: str = "127.0.0.1:29500"
     backend: Literal["auto", "gloo", "nccl"] = "auto"
 
@@ -312,9 +311,6 @@ def _cross_check(p: Params) -> None:
         if bs % world:
             raise ConfigError(f"{group}.batch_size: {bs} is invalid: must be divisible by "
                               f"dist.nproc x dist.nnodes ({world})")
-    if p.dist.node_rank >= p.dist.nnodes:
-        raise ConfigError(f"dist.node_rank: {p.dist.node_rank} is invalid: "
-                          f"must be < dist.nnodes ({p.dist.nnodes})")
     benchmarks = {"synthetic": ("xsub", "xview"), "ntu60": ("xsub", "xview"),
                   "ntu120": ("xsub", "xset"), "pku1": ("xsub", "xview"),
                   "pku2": ("xsub", "xview")}

@@ -12,6 +12,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -19,29 +20,32 @@ from typing import Any
 
 from pipeline.core.config import Params, load_params
 from pipeline.core.errors import UserError
-from pipeline.core.io import atomic_write_json, atomic_write_text
+from pipeline.core.io import atomic_write_json, atomic_write_text, sweep_temps
 
 TIMING_FILE = "timing.json"
 
 
 @contextlib.contextmanager
-def stage_context(name: str, params_path: str = "params.yaml",
-                  distributed: bool = False) -> Iterator[tuple[Params, object]]:
-    """Load params, (re)launch under torchrun when `dist` asks for it, open the MLflow run.
+def stage_context(name: str, params_path: str = "params.yaml", distributed: bool = False,
+                  outputs: Sequence[str | Path] = ()) -> Iterator[tuple[Params, object]]:
+    """Remove what killed runs left of `outputs` (`sweep_temps`), load params, (re)launch
+    under torchrun when `dist` asks for it, open the MLflow run.
 
     User errors become one line on stderr and exit status 2; bugs keep their traceback.
     """
     from pipeline.core import dist
     from pipeline.core.tracking import start_run
 
+    if int(os.environ.get("RANK", "0")) == 0:   # the launcher, or rank 0 before any write
+        sweep_temps(outputs)
     try:
         params = load_params(params_path)
         if distributed:
-            from pipeline.core.launch import ensure_fast_allocator, maybe_relaunch
+            from pipeline.core.launch import ensure_fast_allocator, maybe_relaunch, run_identity
 
             ensure_fast_allocator(sys.argv)
-            maybe_relaunch(params.dist, sys.argv)
-            dist.init(params.dist)
+            maybe_relaunch(params.dist, sys.argv, name)
+            dist.init(params.dist, agree_on=run_identity(name, params))
         try:
             with start_run(name, params) as tracker:
                 yield params, tracker
