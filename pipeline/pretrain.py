@@ -7,7 +7,8 @@ Usage (from `stages/pretrain.py`, alone or under torchrun)::
                            Path("metrics/pretrain.json"), Path("plots/pretrain"), tracker)
 
 Writes `<ckpt_dir>/last.pt` (kind "mamp") every epoch, resuming from it when data and
-config match; rank 0 writes `metrics/pretrain.json` and `plots/pretrain/loss.csv`.
+config match; rank 0 writes `metrics/pretrain.json` and `plots/pretrain/loss.csv` and logs
+the final encoder to MLflow as `mamp-encoder`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pipeline.core.stage import write_outputs
 from pipeline.data.dataset import GlobalBatchSampler, SkeletonDataset, make_loader
 from pipeline.data.store import Store
 from pipeline.data.transforms import TrainTransform
+from pipeline.eval.features import log_encoder
 from pipeline.models.mamp import MAMP
 from pipeline.training import checkpoint
 from pipeline.training.groups import MAMP_NO_DECAY, decay_groups
@@ -48,6 +50,7 @@ def run_pretrain(params: Params, store_dir: Path, ckpt_dir: Path, metrics_path: 
         raise ConfigError(f"pretrain.batch_size: {cfg.batch_size} is invalid: must be "
                           f"divisible by the number of processes ({world})")
     store = Store.open(store_dir)
+    tracker.log_dataset(store_dir, store.meta["dataset"], store.meta["fingerprint"], "train")
     rows = store.select(split="train", novel=False)
     if len(rows) < cfg.batch_size:
         raise UserError(f"{store_dir}: {len(rows)} training samples, fewer than one global "
@@ -89,4 +92,5 @@ def run_pretrain(params: Params, store_dir: Path, ckpt_dir: Path, metrics_path: 
                "wall_time_s": wall}
     write_outputs(metrics_path, metrics, Path(plots_dir) / "loss.csv", history,
                   ["epoch", "loss", "lr"], tracker)
+    log_encoder(tracker, Path(ckpt_dir) / "last.pt", model_cfg, "mamp-encoder")
     return metrics

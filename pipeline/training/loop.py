@@ -21,7 +21,11 @@ What the loop guarantees (after MAE's engine_pretrain.py and nanoGPT's train.py)
 - the logged loss is the mean over all ranks, so 1 and N processes draw the same curve;
 - a non-finite loss raises `TrainingDiverged` before anything is saved;
 - `<ckpt_dir>/last.pt` is written atomically by rank 0 after every epoch, and a run whose
-  fingerprint matches resumes from it; `best.pt` (when `best_metric` is set) is separate.
+  fingerprint matches resumes from it, continuing the MLflow run whose id it keeps in
+  `extra["mlflow_run_id"]`; `best.pt` (when `best_metric` is set) is separate;
+- an interrupt (Ctrl-C, SIGTERM) leaves as `Interrupted` naming the epoch it stopped in;
+- when stderr is not a terminal (a log file, CI) each epoch leaves one summary line there,
+  since the progress bar does not.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import signal
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +46,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline.core import dist
-from pipeline.core.errors import UserError
+from pipeline.core.errors import Interrupted, UserError
 from pipeline.training import checkpoint
 
 StepFn = Callable[[nn.Module, Any], tuple[torch.Tensor, Mapping[str, Any]]]
@@ -166,6 +172,7 @@ class _Progress:
     step: int = 0             # optimizer steps taken
     history: list[dict[str, float]] = field(default_factory=list)
     best: float | None = None
+    run_id: str | None = None  # the MLflow run that logged the epochs so far
 
 
 def _resume(path: Path, fingerprint: str, model: nn.Module,
@@ -182,7 +189,8 @@ def _resume(path: Path, fingerprint: str, model: nn.Module,
     if dist.is_main():
         tqdm.write(f"{path}: resuming after epoch {ckpt['epoch']}")
     return _Progress(epoch=ckpt["epoch"], step=ckpt["step"],
-                     history=list(ckpt["extra"]["history"]), best=ckpt["extra"]["best"])
+                     history=list(ckpt["extra"]["history"]), best=ckpt["extra"]["best"],
+                     run_id=ckpt["extra"].get("mlflow_run_id"))
 
 
 def _check_ranks_agree(epoch: int, device: torch.device) -> None:
@@ -212,6 +220,8 @@ def fit(model: nn.Module, step_fn: StepFn, groups: Sequence[Mapping[str, Any]],
     last_path, best_path = Path(ckpt_dir) / "last.pt", Path(ckpt_dir) / "best.pt"
     state = _resume(last_path, fingerprint, model, optimizer)
     _check_ranks_agree(state.epoch, device)
+    if state.run_id and hasattr(tracker, "resume"):
+        tracker.resume(state.run_id)   # one run, one curve, across interruptions
 
     wrapped: nn.Module = model
     if dist.world_size() > 1:
@@ -228,12 +238,15 @@ def fit(model: nn.Module, step_fn: StepFn, groups: Sequence[Mapping[str, Any]],
         model.train()
         last_good = (f"{last_path} (after epoch {state.epoch}) is kept" if state.epoch
                      else "no checkpoint was written yet")
-        with _deterministic(device):
-            metrics = _train_one_epoch(wrapped, step_fn, loader_factory(epoch), optimizer,
-                                       cfg, epoch, state.step, device, last_good)
-        state.step += metrics.pop("steps")
-        if on_epoch_end is not None:
-            metrics.update({k: float(v) for k, v in on_epoch_end(epoch, model).items()})
+        try:
+            with _deterministic(device):
+                metrics = _train_one_epoch(wrapped, step_fn, loader_factory(epoch), optimizer,
+                                           cfg, epoch, state.step, device, last_good)
+            state.step += metrics.pop("steps")
+            if on_epoch_end is not None:
+                metrics.update({k: float(v) for k, v in on_epoch_end(epoch, model).items()})
+        except KeyboardInterrupt as exc:
+            raise Interrupted(getattr(exc, "signum", signal.SIGINT), epoch + 1) from None
         state.history.append(metrics)
         state.epoch = epoch + 1
         improved = False
@@ -245,15 +258,28 @@ def fit(model: nn.Module, step_fn: StepFn, groups: Sequence[Mapping[str, Any]],
             if improved:
                 state.best = metrics[cfg.best_metric]
         if dist.is_main():
+            run_id = getattr(tracker, "run_id", None) or state.run_id
             ckpt = checkpoint.make(kind, model, optimizer, step=state.step, epoch=state.epoch,
                                    config=config, fingerprint=fingerprint,
-                                   extra={"history": state.history, "best": state.best})
+                                   extra={"history": state.history, "best": state.best,
+                                          "mlflow_run_id": run_id})
             # best.pt before last.pt: a kill in between re-runs this epoch and rewrites both.
             if improved:
                 checkpoint.save(best_path, ckpt)
             checkpoint.save(last_path, ckpt)
             tracker.log_metrics(metrics, step=epoch)
+            if not sys.stderr.isatty():
+                tqdm.write(_summary(metrics, cfg.epochs), file=sys.stderr)
     return state.history
+
+
+def _summary(metrics: Mapping[str, float], epochs: int) -> str:
+    """One line per epoch for logs: `epoch 3/20 loss 0.4312 val_knn 0.6210 lr 1.0e-03 ...`."""
+    rest = " ".join(f"{k} {v:.4g}" for k, v in metrics.items()
+                    if k not in ("epoch", "loss", "lr", "samples_per_s", "epoch_time_s"))
+    return (f"epoch {int(metrics['epoch']) + 1}/{epochs} loss {metrics['loss']:.4f}"
+            f"{' ' + rest if rest else ''} lr {metrics['lr']:.1e} "
+            f"{metrics['samples_per_s']:.1f} samples/s {metrics['epoch_time_s']:.1f} s")
 
 
 def _train_one_epoch(model: nn.Module, step_fn: StepFn, loader: Iterable,
