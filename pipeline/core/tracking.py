@@ -49,7 +49,7 @@ _NAME_MAX = 250                  # ... and longer metric / param names
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /:]")   # MLflow's allowed characters (POSIX), ASCII
 # Short HTTP timeouts while a stage runs: a lost server costs seconds per call, not minutes.
 HTTP_ENV = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "3", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0.5"}
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 # The experiment tag MLflow 3's UI reads to open the model-training (not GenAI) view.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 RUN_NAME_DIFFS = 3               # differing params spelled out in a run name
@@ -143,6 +143,7 @@ class MlflowTracker:
         self._run_id: str | None = None
         self._failed = False          # creating the run failed: log nothing more
         self._warned = False
+        self._inputs: list[Any] = []  # dataset inputs waiting for the run to exist
 
     # -- best effort ---------------------------------------------------------------------
 
@@ -172,6 +173,7 @@ class MlflowTracker:
                 return None
             self._run_id = run.info.run_id
             self.log_params(to_dict(self._params))
+            self._log_inputs()
         return self._run_id
 
     def resume(self, run_id: str | None) -> None:
@@ -193,6 +195,7 @@ class MlflowTracker:
         known = run.data.params
         self.log_params({k: v for k, v in flatten(to_dict(self._params)).items()
                          if safe_name(k) not in known})
+        self._log_inputs()
 
     def end(self, status: str) -> None:
         if self._run_id is not None:
@@ -241,15 +244,22 @@ class MlflowTracker:
                           artifact_path)
 
     def log_dataset(self, path: str | Path, name: str, digest: str, context: str) -> None:
-        """Record the data a run read as its dataset input; `digest` is its fingerprint."""
+        """Record the data a run reads as its dataset input; `digest` is its fingerprint.
+        Before the run exists this waits for it, so a resumed run is not pre-empted."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
-        if self.run_id is None:
-            return
         dataset = Dataset(name=name, digest=digest[:36], source_type="local",
                           source=json.dumps({"uri": Path(path).resolve().as_uri()}))
-        self._guarded("dataset logging", self.client.log_inputs, self.run_id, datasets=[
-            DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
+        self._inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context",
+                                                                 context)]))
+        if self._run_id is not None:
+            self._log_inputs()
+
+    def _log_inputs(self) -> None:
+        if self._inputs:
+            self._guarded("dataset logging", self.client.log_inputs, self._run_id,
+                          datasets=self._inputs)
+            self._inputs = []
 
     def log_model(self, module: Any, name: str, input_example: Any,
                   tags: dict[str, str]) -> str | None:
@@ -331,12 +341,15 @@ def check_store(uri: str) -> None:
     try:
         with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
             ok = con.execute("PRAGMA quick_check").fetchone()[0]
-            con.execute("SELECT count(*) FROM experiments").fetchone()
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
     except sqlite3.DatabaseError as exc:
-        ok = str(exc)
+        ok, tables = str(exc), set()
     if ok != "ok":
         raise UserError(f"{db}: the MLflow store is corrupt ({ok}); move it aside (a new one "
                         "is created) or restore it from a backup")
+    if tables and "experiments" not in tables:   # an empty file is a new store
+        raise UserError(f"{db}: a SQLite database but not an MLflow store; move it aside or "
+                        "set MLFLOW_TRACKING_URI to your store")
 
 
 def _git_commit(root: Path) -> str:

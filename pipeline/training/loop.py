@@ -233,43 +233,45 @@ def fit(model: nn.Module, step_fn: StepFn, groups: Sequence[Mapping[str, Any]],
     if cfg.compile:
         wrapped = torch.compile(wrapped)
 
-    for epoch in range(state.epoch, cfg.epochs):
-        seed_everything(_epoch_seed(cfg.seed, epoch))
-        model.train()
-        last_good = (f"{last_path} (after epoch {state.epoch}) is kept" if state.epoch
-                     else "no checkpoint was written yet")
-        try:
+    saved = state.epoch   # epochs in last.pt: where a re-run resumes
+    try:
+        for epoch in range(state.epoch, cfg.epochs):
+            seed_everything(_epoch_seed(cfg.seed, epoch))
+            model.train()
+            last_good = (f"{last_path} (after epoch {state.epoch}) is kept" if state.epoch
+                         else "no checkpoint was written yet")
             with _deterministic(device):
                 metrics = _train_one_epoch(wrapped, step_fn, loader_factory(epoch), optimizer,
                                            cfg, epoch, state.step, device, last_good)
             state.step += metrics.pop("steps")
             if on_epoch_end is not None:
                 metrics.update({k: float(v) for k, v in on_epoch_end(epoch, model).items()})
-        except KeyboardInterrupt as exc:
-            raise Interrupted(getattr(exc, "signum", signal.SIGINT), epoch + 1) from None
-        state.history.append(metrics)
-        state.epoch = epoch + 1
-        improved = False
-        if cfg.best_metric is not None:
-            if cfg.best_metric not in metrics:
-                raise ValueError(f"best_metric {cfg.best_metric!r} is not among the epoch "
-                                 f"metrics {sorted(metrics)}")
-            improved = _improved(metrics[cfg.best_metric], state.best, cfg.best_mode)
-            if improved:
-                state.best = metrics[cfg.best_metric]
-        if dist.is_main():
-            run_id = getattr(tracker, "run_id", None) or state.run_id
-            ckpt = checkpoint.make(kind, model, optimizer, step=state.step, epoch=state.epoch,
-                                   config=config, fingerprint=fingerprint,
-                                   extra={"history": state.history, "best": state.best,
-                                          "mlflow_run_id": run_id})
-            # best.pt before last.pt: a kill in between re-runs this epoch and rewrites both.
-            if improved:
-                checkpoint.save(best_path, ckpt)
-            checkpoint.save(last_path, ckpt)
-            tracker.log_metrics(metrics, step=epoch)
-            if not sys.stderr.isatty():
-                tqdm.write(_summary(metrics, cfg.epochs), file=sys.stderr)
+            state.history.append(metrics)
+            state.epoch = epoch + 1
+            improved = False
+            if cfg.best_metric is not None:
+                if cfg.best_metric not in metrics:
+                    raise ValueError(f"best_metric {cfg.best_metric!r} is not among the epoch "
+                                     f"metrics {sorted(metrics)}")
+                improved = _improved(metrics[cfg.best_metric], state.best, cfg.best_mode)
+                if improved:
+                    state.best = metrics[cfg.best_metric]
+            if dist.is_main():
+                run_id = getattr(tracker, "run_id", None) or state.run_id
+                ckpt = checkpoint.make(kind, model, optimizer, step=state.step, epoch=state.epoch,
+                                       config=config, fingerprint=fingerprint,
+                                       extra={"history": state.history, "best": state.best,
+                                              "mlflow_run_id": run_id})
+                # best.pt before last.pt: a kill in between re-runs this epoch and rewrites both.
+                if improved:
+                    checkpoint.save(best_path, ckpt)
+                checkpoint.save(last_path, ckpt)
+                saved = state.epoch
+                tracker.log_metrics(metrics, step=epoch)
+                if not sys.stderr.isatty():
+                    tqdm.write(_summary(metrics, cfg.epochs), file=sys.stderr)
+    except KeyboardInterrupt as exc:   # Ctrl-C, or SIGTERM as pipeline.core.stage maps it
+        raise Interrupted(getattr(exc, "signum", signal.SIGINT), saved + 1) from None
     return state.history
 
 
@@ -300,7 +302,8 @@ def _train_one_epoch(model: nn.Module, step_fn: StepFn, loader: Iterable,
     samples = 0
     lr = 0.0
     bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-               disable=not dist.is_main(), dynamic_ncols=True, leave=False)
+               disable=not dist.is_main() or not sys.stderr.isatty(), dynamic_ncols=True,
+               leave=False)
     start = time.perf_counter()
     for it, batch in enumerate(bar):
         lr = lr_at(epoch + it / steps, cfg)
