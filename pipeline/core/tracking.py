@@ -380,6 +380,8 @@ def run_name(stage: str, params: Params, root: Path) -> str:
     diffs = [f"{k}={v}" for k, v in flatten(to_dict(params)).items()
              if v != default.get(k) and (keys is None or any(
                  k == p or k.startswith(p + ".") for p in keys))]
+    own = {"evaluate": "eval"}.get(stage, stage) + "."
+    diffs.sort(key=lambda d: not d.startswith(own))   # the stage's own group first
     if not diffs:
         return f"{stage} · defaults"
     more = f" +{len(diffs) - RUN_NAME_DIFFS} more" if len(diffs) > RUN_NAME_DIFFS else ""
