@@ -92,5 +92,5 @@ def run_pretrain(params: Params, store_dir: Path, ckpt_dir: Path, metrics_path: 
                "wall_time_s": wall}
     write_outputs(metrics_path, metrics, Path(plots_dir) / "loss.csv", history,
                   ["epoch", "loss", "lr"], tracker)
-    log_encoder(tracker, Path(ckpt_dir) / "last.pt", model_cfg, "mamp-encoder")
+    log_encoder(tracker, Path(ckpt_dir) / "last.pt", model_cfg, "mamp-encoder", step=len(history))
     return metrics

@@ -183,5 +183,5 @@ def run_tune(params: Params, store_dir: Path, pretrain_ckpt: Path, ckpt_dir: Pat
                         "best_epoch": history[best]["epoch"], "val_knn_curve": curve})
     write_outputs(metrics_path, metrics, Path(plots_dir) / "curves.csv", history,
                   ["epoch", "loss", "val_knn"], tracker)
-    log_encoder(tracker, Path(ckpt_dir) / "last.pt", model_cfg, "stars-encoder")
+    log_encoder(tracker, Path(ckpt_dir) / "last.pt", model_cfg, "stars-encoder", step=len(history))
     return metrics

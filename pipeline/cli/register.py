@@ -52,7 +52,7 @@ def register(root: Path, tracking: TrackingConfig, alias: str = "champion") -> l
             client.create_registered_model(name, description=f"{model.upper()} skeleton "
                                            "encoder (features: mean of the final tokens)")
         versions = [v for v in client.search_model_versions(f"name = '{name}'")
-                    if v.model_id == model_id]
+                    if v.source == source]
         version = versions[0] if versions else mlflow.register_model(source, name)
         client.set_registered_model_alias(name, alias, version.version)
         lines.append(f"{name} version {version.version} ({source}) is now @{alias}")

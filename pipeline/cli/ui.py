@@ -40,6 +40,8 @@ SERVER_OPTS_ENV = ("MLFLOW_GUNICORN_OPTS", "MLFLOW_UVICORN_OPTS", "MLFLOW_WAITRE
 BIND_FLAGS = ("-b", "--bind", "--host", "--port", "--uds", "--fd", "--listen", "--unix-socket")
 # No huey job consumer (GenAI jobs; the pipeline has none): one process less, ~200 MB less.
 SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+# MLflow 3's UI opens on its GenAI side unless the address asks for model training.
+WORKFLOW = "machine_learning"
 
 
 def ui_command(uri: str, host: str, port: int) -> list[str]:
@@ -77,8 +79,8 @@ def check_bind_env(env: dict[str, str]) -> None:
 
 
 def runs_url(uri: str, experiment: str, base: str) -> str:
-    """The UI's runs list of `experiment` (its id read straight from the SQLite store, which
-    is much faster than importing mlflow), else the UI's home page."""
+    """The UI's runs list of `experiment` in the model-training view (its id read straight
+    from the SQLite store, which is much faster than importing mlflow), else the home page."""
     db = uri.removeprefix("sqlite:///")
     if uri.startswith("sqlite:///"):
         with contextlib.suppress(sqlite3.Error), \
@@ -86,7 +88,7 @@ def runs_url(uri: str, experiment: str, base: str) -> str:
             row = con.execute("SELECT experiment_id FROM experiments WHERE name = ? AND "
                               "lifecycle_stage = 'active'", (experiment,)).fetchone()
             if row:
-                return f"{base}/#/experiments/{row[0]}/runs"
+                return f"{base}/#/experiments/{row[0]}/runs?workflowType={WORKFLOW}"
     return base
 
 

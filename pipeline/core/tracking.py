@@ -91,7 +91,7 @@ class Tracker(Protocol):
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def resume(self, run_id: str | None) -> None: ...
     def log_dataset(self, path: str | Path, name: str, digest: str, context: str) -> None: ...
-    def log_model(self, module: Any, name: str, input_example: Any,
+    def log_model(self, module: Any, name: str, input_example: Any, step: int,
                   tags: dict[str, str]) -> str | None: ...
     def find_model(self, **tags: str) -> str | None: ...
 
@@ -117,7 +117,7 @@ class NullTracker:
     def log_dataset(self, path: str | Path, name: str, digest: str, context: str) -> None:
         pass
 
-    def log_model(self, module: Any, name: str, input_example: Any,
+    def log_model(self, module: Any, name: str, input_example: Any, step: int,
                   tags: dict[str, str]) -> str | None:
         return None
 
@@ -261,10 +261,11 @@ class MlflowTracker:
                           datasets=self._inputs)
             self._inputs = []
 
-    def log_model(self, module: Any, name: str, input_example: Any,
+    def log_model(self, module: Any, name: str, input_example: Any, step: int,
                   tags: dict[str, str]) -> str | None:
         """Log a torch module as an MLflow 3 LoggedModel of this run (params, signature from
-        `input_example`); returns its model id, or None when logging failed."""
+        `input_example`; the run's metrics of `step` are linked to it); returns its model
+        id, or None when logging failed."""
         if self.run_id is None:
             return None
         import mlflow.pytorch
@@ -274,7 +275,7 @@ class MlflowTracker:
                 self.experiment_id, name=name, source_run_id=self.run_id, tags=tags,
                 params=self.client.get_run(self.run_id).data.params, model_type="encoder")
             mlflow.set_tracking_uri(self.client.tracking_uri)
-            mlflow.pytorch.log_model(module, name=name, input_example=input_example,
+            mlflow.pytorch.log_model(module, name=name, input_example=input_example, step=step,
                                      model_id=model.model_id, run_id=self.run_id)
             return model.model_id
 

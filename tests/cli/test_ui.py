@@ -169,4 +169,5 @@ def test_ui_serves_the_projects_experiment_and_run_over_rest(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert (f"MLflow UI for sqlite:///{tmp_path}/mlflow.db: runs at "
-            f"{base}/#/experiments/{experiment_id}/runs") in proc.stdout.read()
+            f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            ) in proc.stdout.read()

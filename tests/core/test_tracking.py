@@ -264,7 +264,7 @@ def test_logged_model_its_dataset_and_linked_metrics(store, params):
     example = np.zeros((2, 3), np.float32)
     with start_run("pretrain", params()) as tracker:
         tracker.log_dataset(store, "tiny", "abc123", "train")
-        model_id = tracker.log_model(module, "mamp-encoder", example,
+        model_id = tracker.log_model(module, "mamp-encoder", example, step=0,
                                      tags={"checkpoint_sha256": "f00"})
     with start_run("evaluate", params()) as tracker:
         assert tracker.find_model(checkpoint_sha256="f00") == model_id

@@ -165,8 +165,10 @@ def test_make_register_points_champion_at_the_evaluated_encoders(project):
     client = MlflowClient(f"sqlite:///{repo}/mlflow.db", registry_uri=f"sqlite:///{repo}/mlflow.db")
     for model, name in (("mamp", "mamp-encoder"), ("stars", "stars-encoder")):
         version = client.get_model_version_by_alias(name, "champion")
-        assert version.model_id == provenance["mlflow_models"][model]
+        assert version.source == f"models:/{provenance['mlflow_models'][model]}"
         assert f"{name} version {version.version}" in out
+    again = _run([sys.executable, "-m", "pipeline.cli.register"], repo, env)
+    assert again == out   # the same models are not registered twice
 
 
 @pytest.mark.slow
