@@ -48,7 +48,7 @@ _PARAM_VALUE_MAX = 6000          # MLflow rejects longer param values
 _NAME_MAX = 250                  # ... and longer metric / param names
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /:]")   # MLflow's allowed characters (POSIX), ASCII
 # Short HTTP timeouts while a stage runs: a lost server costs seconds per call, not minutes.
-HTTP_ENV = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "3", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+HTTP_ENV = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "2", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 # The experiment tag MLflow 3's UI reads to open the model-training (not GenAI) view.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
@@ -76,8 +76,8 @@ def safe_names(values: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in values.items():
         name = safe_name(key)
-        if name in out:
-            name = safe_name(f"{name[:_NAME_MAX - 9]}-{hashlib.sha256(key.encode()).hexdigest()[:8]}")
+        if name in out:   # e.g. "a/./b" after "a/../b"
+            name = safe_name(f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:8]}")
         out[name] = value
     return out
 
@@ -248,7 +248,7 @@ class MlflowTracker:
         Before the run exists this waits for it, so a resumed run is not pre-empted."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
-        dataset = Dataset(name=name, digest=digest[:36], source_type="local",
+        dataset = Dataset(name=name, digest=digest[:36], source_type="local",  # MLflow's max
                           source=json.dumps({"uri": Path(path).resolve().as_uri()}))
         self._inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context",
                                                                  context)]))
