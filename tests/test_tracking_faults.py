@@ -111,6 +111,7 @@ def _mlflow_server(store: Path) -> Iterator[tuple[str, subprocess.Popen]]:
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
+        from pipeline.core.errors import UserError
         from pipeline.core.tracking import check_reachable
 
         deadline = time.monotonic() + 120
@@ -118,7 +119,7 @@ def _mlflow_server(store: Path) -> Iterator[tuple[str, subprocess.Popen]]:
             try:
                 check_reachable(uri, timeout=2)
                 break
-            except Exception:
+            except UserError:
                 assert proc.poll() is None and time.monotonic() < deadline, "no server"
                 time.sleep(0.5)
         yield uri, proc
@@ -133,15 +134,15 @@ def test_a_tracking_server_lost_mid_training_costs_a_warning_not_the_run(tmp_pat
     epochs = 12
     project = _project(tmp_path, epochs=epochs)
     log: list[str] = []
-    with _mlflow_server(tmp_path / "server.db") as (uri, server):
-        with _stage(project, _env(MLFLOW_TRACKING_URI=uri)) as proc:
-            _wait_for_epoch(proc, 3, log)
-            os.killpg(server.pid, signal.SIGKILL)      # the server vanishes mid-run
-            server.wait()
-            lost = time.monotonic()
-            rest = proc.stderr.read()
-            assert proc.wait(timeout=300) == 0, rest[-3000:]
-            after = time.monotonic() - lost
+    with (_mlflow_server(tmp_path / "server.db") as (uri, server),
+          _stage(project, _env(MLFLOW_TRACKING_URI=uri)) as proc):
+        _wait_for_epoch(proc, 3, log)
+        os.killpg(server.pid, signal.SIGKILL)      # the server vanishes mid-run
+        server.wait()
+        lost = time.monotonic()
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=300) == 0, rest[-3000:]
+        after = time.monotonic() - lost
     warnings = [line for line in rest.splitlines() if line.startswith("warning: MLflow")]
     assert len(warnings) == 1 and "the stage goes on" in warnings[0]
     assert "Traceback" not in rest
