@@ -13,8 +13,9 @@ novel classes (the release's kNN: bank = novel train, queries = novel test; epis
 all novel samples of both splits) and cluster quality of the test features.
 
 Outputs: `metrics_path` = {"mamp": {...}, "stars": {...}, "delta": {stars - mamp},
-"probe_mode", "chance"} with the same flat keys for both models; the wall time in
-`timing.json` beside it; DVC plots
+"probe_mode", "chance", "provenance": {"mlflow_run_id", "mlflow_models": {model: id}}} with
+the same flat keys for both models (each model's metrics are linked to the MLflow model that
+pretrain / tune logged from its checkpoint); the wall time in `timing.json` beside it; DVC plots
 `plots_dir/<model>_{confusion,per_class,probe_curve}.csv`; the same numbers to the tracker.
 """
 
@@ -172,21 +173,29 @@ def run_evaluate(params: Params, store_dir: str | Path, mamp_ckpt: str | Path,
                             "(dvc repro pretrain / tune) or import published weights")
     store = Store.open(store_dir)
     check_data_params(params, store, "evaluate")
+    tracker.log_dataset(store_dir, store.meta["dataset"], store.meta["fingerprint"], "eval")
     features_dir, probe_dir, plots_dir = Path(features_dir), Path(probe_dir), Path(plots_dir)
     probe_dir.mkdir(parents=True, exist_ok=True)   # a DVC output, empty in cached mode
     class_names = list(store.meta.get("class_names", []))
-    per_model, plot_files, chance = {}, [], 0.0
+    per_model, plot_files, chance, model_ids = {}, [], 0.0, {}
     for name, ckpt in zip(MODELS, (Path(mamp_ckpt), Path(stars_ckpt))):
         feats, ckpt_sha = model_features(params, store, ckpt, name, features_dir)
         probe = linear_probe(params, store, feats, ckpt, ckpt_sha, name, probe_dir, tracker)
         per_model[name] = protocol_metrics(feats, probe, params.eval, dist.device())
         plot_files += write_plots(plots_dir, name, probe, feats["test"][1], class_names)
         chance = 1.0 / len(probe["classes"])
+        # The model that pretrain / tune logged from this very checkpoint, if any.
+        model_ids[name] = tracker.find_model(checkpoint_sha256=ckpt_sha)
     metrics = compare(per_model, params.eval.probe_mode, chance)
+    # The report attaches to this run, and `make register` registers these models.
+    metrics["provenance"] = {"mlflow_run_id": tracker.run_id, "mlflow_models": model_ids}
     atomic_write_json(metrics_path, metrics)
 
-    tracker.log_metrics({f"{group}/{k}": v for group in (*MODELS, "delta")
-                         for k, v in metrics[group].items()} | {"chance": chance}, step=0)
+    for name in MODELS:   # each model's metrics linked to its logged model (MLflow 3)
+        tracker.log_metrics({f"{name}/{k}": v for k, v in metrics[name].items()}, step=0,
+                            model_id=model_ids[name])
+    tracker.log_metrics({f"delta/{k}": v for k, v in metrics["delta"].items()}
+                        | {"chance": chance}, step=0)
     for path in (Path(metrics_path), *plot_files):
         tracker.log_artifact(path, "evaluate")
     write_timing(Path(metrics_path), "evaluate", {"wall_time_s": time.perf_counter() - start},

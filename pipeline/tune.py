@@ -14,7 +14,8 @@ from it when data, pretrained weights and config match, and `best.pt` (best vali
 beside it when `tune.keep_best`. A checkpoint's "model" is the `STARS` state dict: the encoder
 under its published names plus `head.*` and `queue.*`, so `eval.features.load_encoder` reads
 it as it reads a MAMP one. Rank 0 writes `metrics/tune.json` and `plots/tune/curves.csv`
-(epoch counted from 0, as in the pretraining plot).
+(epoch counted from 0, as in the pretraining plot), and logs the final encoder to MLflow as
+`stars-encoder`.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pipeline.data.checks import check_data_params
 from pipeline.data.dataset import GlobalBatchSampler, SkeletonDataset, make_loader
 from pipeline.data.store import Store
 from pipeline.data.transforms import TestTransform
-from pipeline.eval.features import extract_features
+from pipeline.eval.features import extract_features, log_encoder
 from pipeline.eval.knn import knn_predict
 from pipeline.models.stars import STARS
 from pipeline.training import checkpoint
@@ -110,6 +111,7 @@ def run_tune(params: Params, store_dir: Path, pretrain_ckpt: Path, ckpt_dir: Pat
         raise ConfigError(f"tune.head_warmup_epochs: {cfg.head_warmup_epochs} is invalid: must "
                           f"be < tune.epochs ({cfg.epochs}), which counts the warm-up")
     store = Store.open(store_dir)
+    tracker.log_dataset(store_dir, store.meta["dataset"], store.meta["fingerprint"], "train")
     base = store.select(split="train", novel=False)
     labels = store.index["label"].to_numpy()
     train_rows, val_rows = split_validation(base, labels[base], cfg.val_fraction, cfg.val_seed)
@@ -185,4 +187,5 @@ def run_tune(params: Params, store_dir: Path, pretrain_ckpt: Path, ckpt_dir: Pat
     write_outputs(metrics_path, metrics, Path(plots_dir) / "curves.csv", history,
                   ["epoch", "loss", "val_knn"], tracker)
     write_timing(metrics_path, "tune", timing, tracker)
+    log_encoder(tracker, Path(ckpt_dir) / "last.pt", model_cfg, "stars-encoder", step=len(history))
     return metrics | timing

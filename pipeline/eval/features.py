@@ -6,6 +6,7 @@ Usage::
     feats, labels, indices = extract_features(encoder, dataset, batch_size=256, device="cpu")
     save_features("features/stars_test.npz", feats, labels, indices, key=cache_key)
     feats, labels, indices = load_features("features/stars_test.npz")
+    model_id = log_encoder(tracker, "models/tune/last.pt", params.model, "stars-encoder", step)
 
 `dataset` is a `pipeline.data.dataset.SkeletonDataset` built with the test transform; it is
 read in order once (the test transform draws no randomness).
@@ -14,13 +15,14 @@ read in order once (the test transform draws no randomness).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from pipeline.core.config import ModelConfig
 from pipeline.core.errors import UserError
-from pipeline.core.io import atomic_path
+from pipeline.core.io import atomic_path, file_sha256
 from pipeline.data.dataset import GlobalBatchSampler, SkeletonDataset, make_loader
 from pipeline.models.encoder import Encoder
 from pipeline.training import checkpoint
@@ -45,6 +47,22 @@ def load_encoder(ckpt_path: str | Path, model_cfg: ModelConfig) -> Encoder:
                         f"the model group of params.yaml must be the one it was trained with")
     encoder.load_state_dict(state)
     return encoder.eval()
+
+
+def log_encoder(tracker: Any, ckpt_path: str | Path, model_cfg: ModelConfig,
+                name: str, step: int) -> str | None:
+    """Log the checkpoint's encoder as an MLflow model of the tracker's run (input example:
+    two zero clips (2, M, T, V, 3): the signature holds the shapes, and a batch of 2 keeps
+    the exported batch size free); tagged with the
+    checkpoint's sha256, which the evaluate stage uses to link its metrics. MLflow links the
+    run's metrics of `step` to the model: pass the step of the final metrics. Returns the
+    model id (None when not tracked)."""
+    if tracker.run_id is None:
+        return None
+    encoder = load_encoder(ckpt_path, model_cfg)
+    example = np.zeros((2, model_cfg.actors, model_cfg.frames, model_cfg.joints, 3), np.float32)
+    return tracker.log_model(encoder, name, example, step=step,
+                             tags={"checkpoint_sha256": file_sha256(ckpt_path)})
 
 
 def extract_features(encoder: Encoder, dataset: SkeletonDataset, batch_size: int,
