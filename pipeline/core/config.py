@@ -115,6 +115,9 @@ class PretrainConfig:
     seed: int = _spec(0, ge=0)
     compile: bool = False
     loader_workers: int = _spec(1, ge=0)
+    precision: Literal["fp32", "bf16"] = _spec(
+        "fp32", help="bf16 autocast (CPU or GPU) for the training step; similarities, losses, "
+                     "BatchNorm statistics and optimizer state stay fp32")
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,9 @@ class TuneConfig:
     seed: int = _spec(0, ge=0)
     compile: bool = False
     loader_workers: int = _spec(1, ge=0)
+    precision: Literal["fp32", "bf16"] = _spec(
+        "fp32", help="bf16 autocast for the tuning step and its validation features "
+                     "(as pretrain.precision)")
 
 
 @dataclass(frozen=True)
@@ -161,6 +167,9 @@ class EvalConfig:
     seed: int = _spec(0, ge=0)
     batch_size: int = _spec(256, ge=1, help="feature extraction batch size")
     loader_workers: int = _spec(0, ge=0, help="data loader processes for feature extraction")
+    precision: Literal["fp32", "bf16"] = _spec(
+        "fp32", help="bf16 autocast for feature extraction and the paper-mode probe (its "
+                     "train and test features alike; as pretrain.precision)")
 
 
 @dataclass(frozen=True)
