@@ -7,7 +7,7 @@ PRESET ?= ntu60-xsub
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test test-slow test-all ui report bench lint exp
+.PHONY: help setup repro test test-slow test-all ui report bench gpu-check lint exp
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ report: setup  ## reports/report.html and reports/report.md (runs what is missin
 
 bench: setup  ## benchmarks -> benchmarks/RESULTS.md and benchmarks/results.json
 	$(PY) -m benchmarks.run
+
+gpu-check: setup  ## CUDA only: pipeline + paper-size speed, fp32 and bf16 -> benchmarks/GPU.md
+	$(PY) -m benchmarks.gpu_check
 
 lint: setup  ## ruff over the code
 	$(VENV)/bin/ruff check pipeline stages tests benchmarks
