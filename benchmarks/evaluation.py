@@ -109,9 +109,11 @@ def _agreement(bank: np.ndarray, labels: np.ndarray, queries: np.ndarray, bf16: 
     from sklearn.preprocessing import normalize
 
     rows = np.flatnonzero(bf16 != sklearn)
-    b, q = (normalize(normalize(x)).astype(np.float64) for x in (bank, queries[rows]))
-    dist = np.clip(1 - (q @ b.T).astype(np.float32), 0, 2)
-    exact = labels[np.argpartition(dist, 0, axis=1)[:, 0]] if len(rows) else rows
+    exact = rows
+    if len(rows):
+        b, q = (normalize(normalize(x)).astype(np.float64) for x in (bank, queries[rows]))
+        dist = np.clip(1 - (q @ b.T).astype(np.float32), 0, 2)
+        exact = labels[np.argpartition(dist, 0, axis=1)[:, 0]]
     return {"identical": bool(np.array_equal(bf16, fp32) and np.array_equal(bf16[rows], exact)),
             "sklearn_blas_differences": len(rows)}
 
