@@ -100,22 +100,22 @@ def _vote(codes: torch.Tensor, n_classes: int) -> torch.Tensor:
 
 def _candidates(sim: torch.Tensor, kmax: int, m: int, err: float
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bank indices (c, w) that hold every possible k-nearest row of each query, padded
-    with -1, from the screened similarities `sim` (c, Nb)."""
-    top_sim, top_idx = sim.topk(m, dim=1)
+    """Bank indices (c, w) that hold every possible k-nearest row of each query and a mask
+    of the valid ones, from the screened similarities `sim` (c, Nb)."""
+    top_sim, top_idx = sim.topk(m, dim=1)                               # descending
     floor = top_sim[:, kmax - 1].float() - (2 * err + _ROUNDING_MARGIN)
-    if m == sim.shape[1]:
-        return top_idx, torch.ones_like(top_idx, dtype=torch.bool)
-    overflow = (top_sim[:, m - 1].float() >= floor).nonzero().flatten()
-    if not len(overflow):
-        return top_idx, torch.ones_like(top_idx, dtype=torch.bool)
+    inside = top_sim.float() >= floor[:, None]                          # a prefix of each row
+    overflow = (inside[:, -1] & (m < sim.shape[1])).nonzero().flatten()
+    if not len(overflow):   # only the rows above the floor need the exact re-score
+        w = min(max(int(inside.sum(dim=1).max()), kmax + 1), m)
+        return top_idx[:, :w], inside[:, :w]
     # rare: more rows than m near the boundary; take all of them from the same product
     wide = sim[overflow].float() >= floor[overflow, None]             # (r, Nb)
     w = int(wide.sum(dim=1).max())
     _, wide_idx = wide.to(torch.int8).topk(w, dim=1)                  # the True columns
     valid = torch.zeros(len(sim), w, dtype=torch.bool, device=sim.device)
     idx = torch.zeros(len(sim), w, dtype=torch.int64, device=sim.device)
-    valid[:, :m], idx[:, :m] = True, top_idx
+    valid[:, :m], idx[:, :m] = inside, top_idx
     valid[overflow] = wide.gather(1, wide_idx)
     idx[overflow] = wide_idx
     return idx, valid
@@ -145,7 +145,7 @@ def knn_predict(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray,
 
     bank_np, queries_np = _unit_rows(bank), _unit_rows(queries)
     bank32 = torch.from_numpy(bank_np).to(device)
-    bank64, bank_low = bank32.double(), bank32.to(_DTYPE[precision])
+    bank_low = bank32.to(_DTYPE[precision])
     codes_t = torch.from_numpy(bank_codes.astype(np.int64)).to(device)
     preds = {k: torch.empty(len(queries_np), dtype=torch.int64, device=device) for k in ks}
     tied: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
@@ -155,7 +155,8 @@ def knn_predict(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray,
             sim = q32.to(_DTYPE[precision]) @ bank_low.T                # (c, Nb) screened
             idx, valid = _candidates(sim, kmax, m, err)
             del sim
-            exact = torch.einsum("cwd,cd->cw", bank64[idx], q32.double())  # (c, w) exact
+            # float64 products of float32 values are exact: the sum is the exact cosine
+            exact = torch.einsum("cwd,cd->cw", bank32[idx].double(), q32.double())  # (c, w)
             dist = _distance(exact).masked_fill_(~valid, torch.inf)
             dist, order = dist.sort(dim=1, stable=True)
             nearest = idx.gather(1, order)
@@ -169,18 +170,18 @@ def knn_predict(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray,
     for k, rows in tied.items():
         rows = torch.cat(rows).cpu().numpy() if rows else np.empty(0, dtype=np.int64)
         if len(rows):
-            out[k][rows] = _argpartition_vote(bank64, bank_codes, queries_np[rows], k,
+            out[k][rows] = _argpartition_vote(bank32, bank_codes, queries_np[rows], k,
                                               len(classes))
     return {k: classes[out[k]] for k in ks}
 
 
-def _argpartition_vote(bank64: torch.Tensor, bank_codes: np.ndarray, queries: np.ndarray,
+def _argpartition_vote(bank32: torch.Tensor, bank_codes: np.ndarray, queries: np.ndarray,
                        k: int, n_classes: int) -> np.ndarray:
     """Vote over the k neighbours scikit-learn's brute-force search picks from the whole
     exact distance row: the first k of ``np.argpartition(dist, k - 1)``."""
     with torch.inference_mode():
-        q64 = torch.from_numpy(queries).to(bank64.device).double()
-        dist = _distance(q64 @ bank64.T).cpu().numpy()
+        q64 = torch.from_numpy(queries).to(bank32.device).double()
+        dist = _distance(q64 @ bank32.double().T).cpu().numpy()
     idx = np.argpartition(dist, k - 1, axis=1)[:, :k]
     return _vote(torch.from_numpy(bank_codes[idx].astype(np.int64)), n_classes).numpy()
 
