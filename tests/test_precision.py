@@ -54,10 +54,11 @@ def test_bf16_runs_the_tiny_pipeline_end_to_end_with_fp32_state(tmp_path):
     assert_fp32_state(tmp_path / "tune" / "last.pt")
     metrics = run_evaluate(params, store, tmp_path / "pre" / "last.pt",
                            tmp_path / "tune" / "last.pt", tmp_path / "features",
-                           tmp_path / "m" / "eval.json", tmp_path / "p", NullTracker())
+                           tmp_path / "probe", tmp_path / "m" / "eval.json", tmp_path / "p",
+                           NullTracker())
     assert metrics["probe_mode"] == "paper"
     assert all(np.isfinite(v) for v in metrics["stars"].values())
-    assert_fp32_state(tmp_path / "features" / "probe_stars" / "last.pt")
+    assert_fp32_state(tmp_path / "probe" / "stars" / "last.pt")
 
 
 def test_bf16_features_are_fp32_arrays_close_to_fp32_features(tmp_path):
