@@ -7,7 +7,7 @@ PRESET ?= ntu60-xsub
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup check repro test test-slow test-all ui register report bench lint exp exps
+.PHONY: help setup check repro test test-slow test-all ui register report bench gpu-check lint exp exps
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ report: check  ## reports/report.html and reports/report.md (runs what is missin
 
 bench: setup  ## benchmarks -> benchmarks/RESULTS.md and benchmarks/results.json
 	$(PY) -m benchmarks.run
+
+gpu-check: setup  ## CUDA only: pipeline + paper-size speed, fp32 and bf16 -> benchmarks/GPU.md
+	$(PY) -m benchmarks.gpu_check
 
 lint: setup  ## ruff over the code
 	$(VENV)/bin/ruff check pipeline stages tests benchmarks

@@ -60,7 +60,8 @@ def model_features(params: Params, store: Store, ckpt: Path, name: str, features
     for part, (split, novel) in PARTS.items():
         rows = store.select(split=split, novel=novel)
         key = json.dumps({"checkpoint": ckpt_sha, "store": store.meta.get("fingerprint"),
-                          "part": part, "model": to_dict(params.model)}, sort_keys=True)
+                          "part": part, "model": to_dict(params.model),
+                          "precision": params.eval.precision}, sort_keys=True)
         path = features_dir / f"{name}_{part}.npz"
         cached = load_features(path, key) if path.is_file() else None
         if cached is None:
@@ -68,7 +69,7 @@ def model_features(params: Params, store: Store, ckpt: Path, name: str, features
                 encoder = load_encoder(ckpt, params.model)
             dataset = SkeletonDataset(store, rows, TestTransform(params.model.frames))
             cached = extract_features(encoder, dataset, params.eval.batch_size, dist.device(),
-                                      params.eval.loader_workers)
+                                      params.eval.loader_workers, params.eval.precision)
             save_features(path, *cached, key=key)
         parts[part] = cached
     return parts, ckpt_sha

@@ -72,7 +72,7 @@ def run_pretrain(params: Params, store_dir: Path, ckpt_dir: Path, metrics_path: 
     loop = LoopConfig(epochs=cfg.epochs, lr=cfg.lr, min_lr=cfg.min_lr,
                       warmup_epochs=cfg.warmup_epochs, schedule="cosine", optimizer="adamw",
                       betas=(0.9, 0.95), clip_grad=cfg.clip_grad, seed=cfg.seed,
-                      compile=cfg.compile)
+                      compile=cfg.compile, precision=cfg.precision)
     config = {"model": to_dict(model_cfg), "pretrain": to_dict(cfg)}
     start = time.perf_counter()
     history = fit(model, mamp_step, decay_groups(model, cfg.weight_decay, skip=MAMP_NO_DECAY),

@@ -86,14 +86,15 @@ def _load_pretrained(model: STARS, path: Path) -> str:
 
 
 def _sharded_features(model: STARS, store: Store, rows: np.ndarray, transform: TestTransform,
-                      batch_size: int, workers: int) -> np.ndarray:
+                      batch_size: int, workers: int, precision: str) -> np.ndarray:
     """Features (len(rows), D) of `rows`, each process computing one contiguous shard (the
     last padded with repeats) and all of them gathered, so every process gets all."""
     world, n = dist.world_size(), len(rows)
     per = -(-n // world)
     shard = rows[np.minimum(np.arange(dist.rank() * per, (dist.rank() + 1) * per), n - 1)]
     feats, _, _ = extract_features(model, SkeletonDataset(store, shard, transform),
-                                   batch_size=batch_size, device=dist.device(), workers=workers)
+                                   batch_size=batch_size, device=dist.device(), workers=workers,
+                                   precision=precision)
     gathered = dist.all_gather_no_grad(torch.from_numpy(feats).to(dist.device()))
     return gathered[:n].cpu().numpy()
 
@@ -145,15 +146,15 @@ def run_tune(params: Params, store_dir: Path, pretrain_ckpt: Path, ckpt_dir: Pat
         if not validate:
             return {}
         bank = _sharded_features(model, store, train_rows, test, cfg.batch_size // world,
-                                 cfg.loader_workers)
+                                 cfg.loader_workers, cfg.precision)
         queries = _sharded_features(model, store, val_rows, test, cfg.batch_size // world,
-                                    cfg.loader_workers)
+                                    cfg.loader_workers, cfg.precision)
         pred = knn_predict(bank, labels[train_rows], queries, [cfg.val_k])[cfg.val_k]
         return {"val_knn": float(np.mean(pred == labels[val_rows]))}
 
     loop = LoopConfig(epochs=cfg.epochs, lr=cfg.lr, schedule="constant", optimizer="adamw",
                       betas=(0.9, 0.95), clip_grad=cfg.clip_grad, seed=cfg.seed,
-                      compile=cfg.compile,
+                      compile=cfg.compile, precision=cfg.precision,
                       # head warm-up: the encoder gets no gradient, which DDP must be told
                       find_unused_parameters=cfg.head_warmup_epochs > 0,
                       best_metric="val_knn" if validate and cfg.keep_best else None)

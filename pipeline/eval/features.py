@@ -26,6 +26,7 @@ from pipeline.core.io import atomic_path, file_sha256
 from pipeline.data.dataset import GlobalBatchSampler, SkeletonDataset, make_loader
 from pipeline.models.encoder import Encoder
 from pipeline.training import checkpoint
+from pipeline.training.loop import autocast
 
 # Keys of a pretraining/tuning checkpoint that are not part of the encoder: the MAMP decoder
 # and mask token (published key names), and the STARS head and queue.
@@ -66,15 +67,16 @@ def log_encoder(tracker: Any, ckpt_path: str | Path, model_cfg: ModelConfig,
 
 
 def extract_features(encoder: Encoder, dataset: SkeletonDataset, batch_size: int,
-                     device: str | torch.device, workers: int = 0,
+                     device: str | torch.device, workers: int = 0, precision: str = "fp32",
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pooled features of every sample: feats float32 (N, D), labels (N,), indices (N,)."""
+    """Pooled features of every sample: feats float32 (N, D), labels (N,), indices (N,);
+    computed under the training loop's `autocast` in `precision` ("fp32" or "bf16")."""
     # in order, every sample once; the per-sample seeds go unused by the test transform
     sampler = GlobalBatchSampler(len(dataset), batch_size, shuffle=False, drop_last=False)
     loader = make_loader(dataset, sampler, workers)
     encoder = encoder.to(device).eval()
     feats, labels, indices = [], [], []
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, precision):
         for batch in loader:
             x = batch["x"].to(device, non_blocking=True)      # (N, M, T, V, C)
             feats.append(encoder.forward_features(x).float().cpu())  # (N, D)

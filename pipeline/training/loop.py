@@ -77,6 +77,7 @@ class LoopConfig:
     best_metric: str | None = None              # key of on_epoch_end's dict that picks best.pt
     best_mode: Literal["max", "min"] = "max"
     log_every: int = 10                         # steps between host reads of the loss
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast on any device (`autocast`)
 
 
 def lr_at(epoch: float, cfg: LoopConfig) -> float:
@@ -89,6 +90,15 @@ def lr_at(epoch: float, cfg: LoopConfig) -> float:
     progress = (epoch - cfg.warmup_epochs) / max(cfg.epochs - cfg.warmup_epochs, 1e-12)
     return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
+
+
+def autocast(device: torch.device | str, precision: str) -> torch.autocast:
+    """The one mixed-precision switch (training steps, features): bf16 autocast on whatever
+    device runs, CPU included, for "bf16"; a no-op for "fp32". bf16 keeps fp32's exponent
+    range, so no loss scaler is needed. Parameters, and hence optimizer state, stay fp32;
+    the models pin their numerically sensitive parts to fp32 themselves."""
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def build_optimizer(groups: Sequence[Mapping[str, Any]], cfg: LoopConfig,
@@ -287,9 +297,6 @@ def _train_one_epoch(model: nn.Module, step_fn: StepFn, loader: Iterable,
         raise UserError("the training set holds fewer samples than one global batch; "
                         "lower the batch size or add data")
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    # bf16 keeps fp32's exponent range, so no loss scaler is needed; a no-op on CPU.
-    autocast = {"device_type": device.type, "dtype": torch.bfloat16,
-                "enabled": device.type == "cuda"}
     window: list[torch.Tensor] = []   # per-step [loss, *logs] on device, read every log_every
     totals = None
     keys: list[str] = []
@@ -306,7 +313,7 @@ def _train_one_epoch(model: nn.Module, step_fn: StepFn, loader: Iterable,
         batch = _to_device(batch, device)
         samples += _batch_size(batch)
 
-        with torch.autocast(**autocast):
+        with autocast(device, cfg.precision):
             loss, logs = step_fn(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
