@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import json
 import os
@@ -43,7 +44,7 @@ def stage_context(name: str, params_path: str = "params.yaml", distributed: bool
     from pipeline.core import dist
     from pipeline.core.tracking import start_run
 
-    signal.signal(signal.SIGTERM, _raise_interrupted)
+    signal.signal(signal.SIGTERM, functools.partial(_raise_interrupted, os.getpid()))
     if int(os.environ.get("RANK", "0")) == 0:   # the launcher, or rank 0 before any write
         sweep_temps(outputs)
     try:
@@ -70,7 +71,13 @@ def stage_context(name: str, params_path: str = "params.yaml", distributed: bool
         sys.exit(128 + signum)
 
 
-def _raise_interrupted(signum: int, _frame: object) -> None:
+def _raise_interrupted(owner: int, signum: int, _frame: object) -> None:
+    """SIGTERM in the stage's process `owner` -> Interrupted; forked workers (preprocess's
+    pool) inherit the handler and are terminated by their pool: they die quietly instead."""
+    if os.getpid() != owner:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     raise Interrupted(signum)
 
 

@@ -5,6 +5,7 @@ Real make, real DVC, in a fresh git copy of the project whose synthetic data alr
 (DVC would delete it before re-running synthesize with a misspelt `synth` key).
 """
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from pipeline.core.config import SynthConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(sys.executable).parent.parent
@@ -71,9 +74,8 @@ def test_a_typo_in_params_yaml_stops_make_repro_before_any_file_changes(project)
         out = _make(repo, env, "repro")
         assert out.returncode != 0
         errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
-        assert errors == [("error: synth.performerz: unknown key; allowed: seed, base_classes, "
-                           "novel_classes, performers, setups, replications, cameras, "
-                           "min_frames, max_frames, artifact_rate, noise_std, nan_rate")]
+        allowed = ", ".join(f.name for f in dataclasses.fields(SynthConfig))
+        assert errors == [f"error: synth.performerz: unknown key; allowed: {allowed}"]
         assert "dvc" not in out.stdout.split("-m pipeline check")[-1]   # DVC never started
         assert _snapshot(repo) == before
     finally:

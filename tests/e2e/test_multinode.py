@@ -68,9 +68,9 @@ def test_two_nodes_train_like_one_node_with_two_processes(tmp_path):
         driver.kill()
     assert driver.returncode == 0, out[-3000:]
 
+    timing = json.loads((node0 / "metrics" / "timing.json").read_text())
     for stage in ("pretrain", "tune"):
-        metrics = json.loads((node0 / "metrics" / f"{stage}.json").read_text())
-        assert metrics["processes"] == 2
+        assert timing[stage]["processes"] == 2
         two_nodes, one_node = weights(node0, stage), weights(ref, stage)
         assert two_nodes.keys() == one_node.keys()
         for key, value in two_nodes.items():
