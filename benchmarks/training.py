@@ -22,7 +22,7 @@ from benchmarks.common import encoder_flops, mamp_flops_per_sample, paper_model,
 from pipeline.core.config import ModelConfig, TuneConfig, load_params, to_dict
 from pipeline.models.mamp import MAMP
 from pipeline.models.stars import STARS
-from pipeline.training.groups import MAMP_NO_DECAY, decay_groups, tuning_param_groups
+from pipeline.training.groups import decay_groups, tuning_param_groups
 from pipeline.training.loop import LoopConfig, build_optimizer
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -77,7 +77,7 @@ def pretrain(size: str, repeats: int, warmup: int = 1, quick: bool = False) -> d
     model = MAMP(cfg, mask_ratio, tau).train()
     loop = LoopConfig(epochs=1, lr=params.pretrain.lr, betas=(0.9, 0.95))
     optimizer = build_optimizer(
-        decay_groups(model, params.pretrain.weight_decay, skip=MAMP_NO_DECAY),
+        decay_groups(model, params.pretrain.weight_decay, params.pretrain.decay_exempt),
         loop, torch.device("cpu"))
     x = torch.randn(batch, cfg.actors, cfg.frames, cfg.joints, 3)   # (N, M, T, V, C)
 

@@ -76,6 +76,9 @@ class PreprocessConfig:
 
     workers: int = _spec(2, ge=1)
     on_error: Literal["skip", "raise"] = "skip"
+    pku_frames: Literal["mamp", "ntu"] = _spec(
+        "mamp", help="PKU-MMD samples: mamp = MAMP's pku_gendata.py + feeder (first 300 frames, "
+                     "all-zero frames kept, not centred); ntu = drop empty frames, centre as NTU")
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,9 @@ class PretrainConfig:
     warmup_epochs: int = _spec(2, ge=0)
     weight_decay: float = _spec(0.05, ge=0)
     clip_grad: float = _spec(0.0, ge=0, help="max grad norm; 0 disables (MAMP does not clip)")
+    decay_exempt: Literal["none", "bias_norm", "bias_norm_embed"] = _spec(
+        "bias_norm", help="tensors without weight decay: bias_norm = biases and 1-D tensors "
+                          "(release); bias_norm_embed also the embeddings and mask token")
     mask_ratio: float = _spec(0.9, gt=0, lt=1)
     tau: float = _spec(0.80, ge=0, help="motion-aware masking temperature; 0 = uniform masking")
     crop_min: float = _spec(0.5, gt=0, le=1, help="random crop keeps at least this fraction")
@@ -125,11 +131,22 @@ class TuneConfig:
     batch_size: int = _spec(32, ge=2, help="global batch size, split across processes")
     lr: float = _spec(1e-3, gt=0)
     layer_decay: float = _spec(0.45, gt=0, le=1)
-    weight_decay: float = _spec(0.05, ge=0)
+    weight_decay: float = _spec(0.01, ge=0, help="AdamW decay (release: torch's default 0.01; "
+                                                 "its config's 0.05 is never passed)")
+    decay_exempt: Literal["none", "bias_norm", "bias_norm_embed"] = _spec(
+        "none", help="tensors without weight decay: none (release: every tuned tensor), "
+                     "bias_norm = biases and 1-D tensors, bias_norm_embed also the embeddings")
     clip_grad: float = _spec(3.0, ge=0)
+    clip_mode: Literal["per_tensor", "global"] = _spec(
+        "per_tensor", help="per_tensor: each tensor's grad norm to clip_grad (release); "
+                           "global: the norm of all grads together")
+    empty_slots: Literal["eligible", "last"] = _spec(
+        "eligible", help="never-filled queue slots (random unit vectors): eligible as "
+                         "neighbours (release) or ranked below every filled slot")
     tuned_blocks: int = _spec(-1, ge=-1, help="blocks tuned from the top; -1 = depth/2")
     full: bool = _spec(False, help="tune every block and the embeddings")
-    head_warmup_epochs: int = _spec(0, ge=0, help="head-only epochs first (public release: 20)")
+    head_warmup_epochs: int = _spec(0, ge=0, help="head-only epochs first (the release's second "
+                                                   "stage: 20), then a fresh optimizer tunes")
     queue_size: int = _spec(32768, ge=2, help="K >= 2: a sample always has another candidate")
     temperature: float = _spec(0.07, gt=0)
     predictor_dim: int = _spec(4096, ge=1)
@@ -149,6 +166,9 @@ class EvalConfig:
     """Frozen-encoder evaluation (stage `evaluate`)."""
 
     knn_k: list[int] = _spec([1, 2, 5, 10], ge=1)
+    select: Literal["last", "val", "test"] = _spec(
+        "last", help="epoch reported for the probe and tuning: last; best on a validation split; "
+                     "best on test (the release's reporting; metrics named *_testsel)")
     probe_mode: Literal["cached", "paper"] = "cached"
     probe_epochs: int = _spec(100, ge=1)
     probe_lr: float = _spec(0.1, gt=0)
