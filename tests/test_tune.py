@@ -100,15 +100,28 @@ def test_run_tune_writes_checkpoints_metrics_and_curves_with_published_keys(tmp_
                            pretrained["blocks.1.mlp.fc1.weight"])
 
 
-def test_head_warmup_trains_the_encoder_only_after_its_epochs(tmp_path):
-    tune(tmp_path, epochs=3, head_warmup_epochs=2, val_fraction=0.0)
-    last = checkpoint.load(tmp_path / "ckpt" / "last.pt")
-    names = {i: n for g in last["optimizer"]["param_groups"]
+def _steps(ckpt: dict) -> dict[str, float]:
+    names = {i: n for g in ckpt["optimizer"]["param_groups"]
              for i, n in zip(g["params"], g["names"])}
-    steps = {names[i]: float(s["step"]) for i, s in last["optimizer"]["state"].items()}
+    return {names[i]: float(s["step"]) for i, s in ckpt["optimizer"]["state"].items()}
+
+
+def test_head_warmup_is_the_releases_two_stages_with_queue_carried_over(tmp_path):
+    tune(tmp_path, epochs=3, head_warmup_epochs=2, val_fraction=0.0)
     per_epoch = 12 // 4                        # 12 base-class train samples, batch 4
-    assert steps["head.predictor.0.weight"] == 3 * per_epoch
-    assert steps["blocks.1.mlp.fc1.weight"] == steps["norm.weight"] == 1 * per_epoch
+    head = checkpoint.load(tmp_path / "ckpt" / "head" / "last.pt")
+    steps = _steps(head)                       # first stage: the head alone
+    assert set(steps) == {k for k in head["model"] if k.startswith("head.")
+                          and not k.endswith(("running_mean", "running_var", "tracked"))}
+    assert set(steps.values()) == {2 * per_epoch}
+    last = checkpoint.load(tmp_path / "ckpt" / "last.pt")
+    steps = _steps(last)                       # second stage: a fresh optimizer, same lrs
+    assert steps["head.predictor.0.weight"] == steps["blocks.1.mlp.fc1.weight"] == per_epoch
+    assert [g["lr"] for g in last["optimizer"]["param_groups"] if g["head"]] == \
+        [g["lr"] for g in head["optimizer"]["param_groups"]]
+    # the queue and BatchNorm statistics went on from the first stage: 3 epochs of 12
+    assert int(last["model"]["queue.queue_ptr"]) == (3 * 12) % 16
+    assert int(last["model"]["head.projector.0.num_batches_tracked"]) == 3 * per_epoch * 2
 
 
 def test_head_warmup_must_leave_epochs_to_tune(tmp_path):

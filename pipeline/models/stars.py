@@ -42,7 +42,7 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
         if not self.training:
             return super().forward(x)
         # k steps of momentum m toward the same statistics = one step of 1 - (1 - m)^k
-        m = 1.0 - (1.0 - self.momentum) ** updates
+        m = self.momentum if updates == 1 else 1.0 - (1.0 - self.momentum) ** updates
         if dist.world_size() == 1:
             self.num_batches_tracked.add_(updates)
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
