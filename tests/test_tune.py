@@ -19,7 +19,8 @@ from pipeline.models.mamp import MAMP
 from pipeline.models.stars import STARS
 from pipeline.training import checkpoint
 from pipeline.training.views import ViewTransform, mask_tokens
-from pipeline.tune import run_tune, split_validation, stars_step
+from pipeline.eval.validation import split_validation
+from pipeline.tune import run_tune, stars_step
 from tests.conftest import write_store as write_tiny_store
 
 TINY = {"model": {"depth": 2, "dim": 16, "heads": 2, "frames": 8, "t_patch": 4,
@@ -50,8 +51,9 @@ def write_mamp(path: Path, params) -> dict:
     return model.state_dict()
 
 
-def tune(tmp: Path, **overrides):
-    params = parse_params({**TINY, "tune": {**TINY["tune"], **overrides}})
+def tune(tmp: Path, select: str = "last", **overrides):
+    params = parse_params({**TINY, "tune": {**TINY["tune"], **overrides},
+                           "eval": {"select": select}})
     store = tmp / "store"
     if not store.exists():
         write_store(store)
@@ -122,6 +124,22 @@ def test_head_warmup_is_the_releases_two_stages_with_queue_carried_over(tmp_path
     # the queue and BatchNorm statistics went on from the first stage: 3 epochs of 12
     assert int(last["model"]["queue.queue_ptr"]) == (3 * 12) % 16
     assert int(last["model"]["head.projector.0.num_batches_tracked"]) == 3 * per_epoch * 2
+
+
+def test_select_test_picks_best_pt_by_test_knn_and_names_it(tmp_path):
+    _, metrics, _ = tune(tmp_path, select="test", epochs=3)
+    curve = metrics["test_knn_curve"]
+    assert len(curve) == 3 and metrics["knn_top1_testsel"] == max(curve)
+    assert metrics["best_epoch_testsel"] == int(np.argmax(curve))
+    best = checkpoint.load(tmp_path / "ckpt" / "best.pt")
+    assert best["epoch"] == metrics["best_epoch_testsel"] + 1
+    rows = list(csv.DictReader((tmp_path / "plots" / "curves.csv").open()))
+    assert [float(r["test_knn"]) for r in rows] == curve
+
+
+def test_select_val_needs_a_validation_split(tmp_path):
+    with pytest.raises(ConfigError, match="val_fraction"):
+        tune(tmp_path, select="val", val_fraction=0.0)
 
 
 def test_head_warmup_must_leave_epochs_to_tune(tmp_path):

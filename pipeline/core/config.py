@@ -169,6 +169,8 @@ class EvalConfig:
     select: Literal["last", "val", "test"] = _spec(
         "last", help="epoch reported for the probe and tuning: last; best on a validation split; "
                      "best on test (the release's reporting; metrics named *_testsel)")
+    val_fraction: float = _spec(0.1, gt=0, lt=1, help="train fraction held out to pick the "
+                                                      "probe's epoch under select: val")
     probe_mode: Literal["cached", "paper"] = "cached"
     probe_epochs: int = _spec(100, ge=1)
     probe_lr: float = _spec(0.1, gt=0)
