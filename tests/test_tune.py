@@ -15,11 +15,11 @@ from pipeline.core.errors import ConfigError
 from pipeline.core.tracking import NullTracker
 from pipeline.data import transforms
 from pipeline.eval.features import load_encoder
+from pipeline.eval.validation import split_validation
 from pipeline.models.mamp import MAMP
 from pipeline.models.stars import STARS
 from pipeline.training import checkpoint
 from pipeline.training.views import ViewTransform, mask_tokens
-from pipeline.eval.validation import split_validation
 from pipeline.tune import run_tune, stars_step
 from tests.conftest import write_store as write_tiny_store
 

@@ -1,6 +1,8 @@
 """Paper presets (`presets/<name>.yaml`): dotted `group.key: value` overrides of params.yaml.
 
 `make exp PRESET=ntu60-xsub` runs `dvc exp run` with `-S` flags built by `preset_args`.
+A preset may start from another: `preset: ntu60-xsub` applies that one first (the two-stage
+presets are the single-stage ones plus the head warm-up).
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ def load_preset(name: str, base: dict) -> dict[str, object]:
         overrides = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    if "preset" in overrides:
+        parent = overrides.pop("preset")
+        if parent == name:
+            raise ConfigError(f"{path}: a preset cannot start from itself")
+        overrides = {**load_preset(parent, base), **overrides}
     merged = json.loads(json.dumps(base))
     for dotted, value in overrides.items():
         group, _, key = dotted.partition(".")

@@ -10,7 +10,6 @@ import torch
 
 from pipeline.cli.weights import import_weights
 from pipeline.core.config import ModelConfig, Params, load_params
-from pipeline.training import checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "release"
