@@ -13,7 +13,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="store folder")
     parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON")
     args = parser.parse_args()
-    with stage_context("preprocess") as (params, tracker):
+    with stage_context("preprocess", outputs=(args.out, args.metrics)) as (params, tracker):
         metrics = preprocess(params.data, params.preprocess, args.out)
         atomic_write_json(args.metrics, metrics)
         tracker.log_metrics(metrics)
