@@ -19,7 +19,8 @@ fresh optimizer, from the first stage's head, BatchNorm statistics and full queu
 epoch when `eval.select` is not last, as the release's README takes the best checkpoint). A checkpoint's "model" is the `STARS` state dict: the encoder
 under its published names plus `head.*` and `queue.*`, so `eval.features.load_encoder` reads
 it as it reads a MAMP one. Rank 0 writes `metrics/tune.json` and `plots/tune/curves.csv`
-(epoch counted from 0, as in the pretraining plot).
+(epoch counted from 0, as in the pretraining plot), and logs the final encoder to MLflow as
+`stars-encoder`.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from pipeline.data.checks import check_data_params
 from pipeline.data.dataset import GlobalBatchSampler, SkeletonDataset, make_loader
 from pipeline.data.store import Store
 from pipeline.data.transforms import TestTransform
-from pipeline.eval.features import extract_features
+from pipeline.eval.features import extract_features, log_encoder
 from pipeline.eval.knn import knn_predict
 from pipeline.eval.validation import split_validation
 from pipeline.models.stars import STARS
@@ -65,7 +66,8 @@ def loop_config(cfg: TuneConfig, epochs: int, best_metric: str | None = None) ->
     scales from `tuning_param_groups`), clipping `tune.clip_mode`."""
     return LoopConfig(epochs=epochs, lr=cfg.lr, schedule="constant", optimizer="adamw",
                       betas=(0.9, 0.95), clip_grad=cfg.clip_grad, clip_mode=cfg.clip_mode,
-                      seed=cfg.seed, compile=cfg.compile, best_metric=best_metric)
+                      seed=cfg.seed, compile=cfg.compile, precision=cfg.precision,
+                      best_metric=best_metric)
 
 
 class _EpochOffset:
@@ -94,14 +96,15 @@ def _load_pretrained(model: STARS, path: Path) -> str:
 
 
 def _sharded_features(model: STARS, store: Store, rows: np.ndarray, transform: TestTransform,
-                      batch_size: int, workers: int) -> np.ndarray:
+                      batch_size: int, workers: int, precision: str) -> np.ndarray:
     """Features (len(rows), D) of `rows`, each process computing one contiguous shard (the
     last padded with repeats) and all of them gathered, so every process gets all."""
     world, n = dist.world_size(), len(rows)
     per = -(-n // world)
     shard = rows[np.minimum(np.arange(dist.rank() * per, (dist.rank() + 1) * per), n - 1)]
     feats, _, _ = extract_features(model, SkeletonDataset(store, shard, transform),
-                                   batch_size=batch_size, device=dist.device(), workers=workers)
+                                   batch_size=batch_size, device=dist.device(), workers=workers,
+                                   precision=precision)
     gathered = dist.all_gather_no_grad(torch.from_numpy(feats).to(dist.device()))
     return gathered[:n].cpu().numpy()
 
@@ -119,6 +122,7 @@ def run_tune(params: Params, store_dir: Path, pretrain_ckpt: Path, ckpt_dir: Pat
         raise ConfigError(f"tune.head_warmup_epochs: {cfg.head_warmup_epochs} is invalid: must "
                           f"be < tune.epochs ({cfg.epochs}), which counts the warm-up")
     store = Store.open(store_dir)
+    tracker.log_dataset(store_dir, store.meta["dataset"], store.meta["fingerprint"], "train")
     base = store.select(split="train", novel=False)
     labels = store.index["label"].to_numpy()
     train_rows, val_rows = split_validation(base, labels[base], cfg.val_fraction, cfg.val_seed)
@@ -151,7 +155,7 @@ def run_tune(params: Params, store_dir: Path, pretrain_ckpt: Path, ckpt_dir: Pat
 
     def knn_top1(model: torch.nn.Module, rows: np.ndarray, bank: np.ndarray) -> float:
         queries = _sharded_features(model, store, rows, test, cfg.batch_size // world,
-                                    cfg.loader_workers)
+                                    cfg.loader_workers, cfg.precision)
         pred = knn_predict(bank, labels[train_rows], queries, [cfg.val_k])[cfg.val_k]
         return float(np.mean(pred == labels[rows]))
 
@@ -159,7 +163,7 @@ def run_tune(params: Params, store_dir: Path, pretrain_ckpt: Path, ckpt_dir: Pat
         if not validate and not len(test_rows):
             return {}
         bank = _sharded_features(model, store, train_rows, test, cfg.batch_size // world,
-                                 cfg.loader_workers)
+                                 cfg.loader_workers, cfg.precision)
         out = {"val_knn": knn_top1(model, val_rows, bank)} if validate else {}
         if len(test_rows):   # eval.select: test, the release's reporting (labelled so)
             out["test_knn"] = knn_top1(model, test_rows, bank)
@@ -225,4 +229,5 @@ def run_tune(params: Params, store_dir: Path, pretrain_ckpt: Path, ckpt_dir: Pat
     write_outputs(metrics_path, metrics, Path(plots_dir) / "curves.csv", history,
                   ["epoch", "loss", "val_knn"] + (["test_knn"] if test_curve else []), tracker)
     write_timing(metrics_path, "tune", timing, tracker)
+    log_encoder(tracker, Path(ckpt_dir) / "last.pt", model_cfg, "stars-encoder", step=len(history))
     return metrics | timing
