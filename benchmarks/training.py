@@ -29,7 +29,7 @@ from benchmarks.common import (
 from pipeline.core.config import ModelConfig, TuneConfig, load_params, to_dict
 from pipeline.models.mamp import MAMP
 from pipeline.models.stars import STARS
-from pipeline.training.groups import MAMP_NO_DECAY, decay_groups, tuning_param_groups
+from pipeline.training.groups import decay_groups, tuning_param_groups
 from pipeline.training.loop import LoopConfig, autocast, build_optimizer
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -95,7 +95,7 @@ def pretrain(size: str, repeats: int, warmup: int = 1, quick: bool = False,
     model = MAMP(cfg, mask_ratio, tau).train().to(device)
     loop = LoopConfig(epochs=1, lr=params.pretrain.lr, betas=(0.9, 0.95))
     optimizer = build_optimizer(
-        decay_groups(model, params.pretrain.weight_decay, skip=MAMP_NO_DECAY),
+        decay_groups(model, params.pretrain.weight_decay, params.pretrain.decay_exempt),
         loop, torch.device(device))
     x = torch.randn(batch, cfg.actors, cfg.frames, cfg.joints, 3, device=device)  # N M T V C
 

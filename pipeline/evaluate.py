@@ -12,8 +12,14 @@ train, queries = test), the linear probe (`eval.probe_mode`), few-shot when the 
 novel classes (the release's kNN: bank = novel train, queries = novel test; episodes over
 all novel samples of both splits) and cluster quality of the test features.
 
+Model selection (`eval.select`): `last` reports the last probe epoch and the tuned
+checkpoint given; `val` the probe epoch best on a held-out part of the train features
+(`eval.val_fraction`) and the tune stage's `best.pt` (best validation kNN); `test` the probe
+epoch best on test and the `best.pt` picked by test kNN, the release's reporting: then every
+metric name ends in `_testsel`, so no table or MLflow chart shows it as an honest number.
+
 Outputs: `metrics_path` = {"mamp": {...}, "stars": {...}, "delta": {stars - mamp},
-"probe_mode", "chance", "provenance": {"mlflow_run_id", "mlflow_models": {model: id}}} with
+"probe_mode", "select", "chance", "provenance": {"mlflow_run_id", "mlflow_models": {model: id}}} with
 the same flat keys for both models (each model's metrics are linked to the MLflow model that
 pretrain / tune logged from its checkpoint); the wall time in `timing.json` beside it; DVC plots
 `plots_dir/<model>_{confusion,per_class,probe_curve}.csv`; the same numbers to the tracker.
@@ -43,6 +49,7 @@ from pipeline.eval.features import extract_features, load_encoder, load_features
 from pipeline.eval.fewshot import episodic_fewshot, release_fewshot
 from pipeline.eval.knn import knn_accuracy
 from pipeline.eval.linear_probe import probe_cached, probe_paper
+from pipeline.eval.validation import split_validation
 from pipeline.training import checkpoint
 
 MODELS = ("mamp", "stars")
@@ -50,6 +57,7 @@ MODELS = ("mamp", "stars")
 PARTS = {"train": ("train", False), "test": ("test", False),
          "novel_train": ("train", True), "novel_test": ("test", True)}
 Features = tuple[np.ndarray, np.ndarray, np.ndarray]   # feats (N, D), labels, store rows
+TEST_SELECTED = "_testsel"   # the suffix of every metric under eval.select: test
 
 
 def model_features(params: Params, store: Store, ckpt: Path, name: str, features_dir: Path,
@@ -77,12 +85,20 @@ def model_features(params: Params, store: Store, ckpt: Path, name: str, features
 
 def linear_probe(params: Params, store: Store, feats: dict[str, Features], ckpt: Path,
                  ckpt_sha: str, name: str, probe_dir: Path, tracker: Any) -> dict[str, Any]:
-    """`eval.probe_mode` probe; paper mode checkpoints every epoch to `probe_dir/<model>/`
-    (a persistent DVC output, so a killed probe resumes)."""
+    """`eval.probe_mode` probe, its epoch picked by `eval.select`; paper mode checkpoints
+    every epoch to `probe_dir/<model>/` (a persistent DVC output, so a killed probe resumes)."""
     cfg = params.eval
     (train_f, train_y, train_rows), (test_f, test_y, _) = feats["train"], feats["test"]
+    select = None
+    if cfg.select == "test":
+        select = (test_f, test_y)
+    elif cfg.select == "val":   # held out of the probe's training set
+        fit_idx, val_idx = split_validation(np.arange(len(train_y)), train_y, cfg.val_fraction,
+                                            cfg.seed)
+        select = (train_f[val_idx], train_y[val_idx])
+        train_f, train_y, train_rows = train_f[fit_idx], train_y[fit_idx], train_rows[fit_idx]
     if cfg.probe_mode == "cached":
-        return probe_cached(train_f, train_y, test_f, test_y, cfg, dist.device())
+        return probe_cached(train_f, train_y, test_f, test_y, cfg, dist.device(), select)
     pre = params.pretrain
     augment = TrainTransform(params.model.frames, pre.crop_min, pre.crop_floor, pre.rotate)
     dataset = SkeletonDataset(store, train_rows, augment)
@@ -92,7 +108,7 @@ def linear_probe(params: Params, store: Store, feats: dict[str, Features], ckpt:
                        ckpt_dir=probe_dir / name, config=config,
                        fingerprint=checkpoint.fingerprint(store.meta["fingerprint"], config),
                        tracker=_Prefixed(tracker, f"{name}/probe/"),
-                       workers=cfg.loader_workers)
+                       workers=cfg.loader_workers, select=select)
 
 
 def protocol_metrics(feats: dict[str, Features], probe: dict[str, Any], cfg: EvalConfig,
@@ -103,6 +119,8 @@ def protocol_metrics(feats: dict[str, Features], probe: dict[str, Any], cfg: Eva
            knn_accuracy(train_f, train_y, test_f, test_y, cfg.knn_k, device).items()}
     out.update({"linear_top1": probe["top1"], "linear_top5": probe["top5"],
                 "linear_mean_class_acc": probe["mean_class_acc"]})
+    if cfg.select != "last":
+        out["linear_epoch"] = probe["epoch"]
     (nb_f, nb_y, _), (nq_f, nq_y, _) = feats["novel_train"], feats["novel_test"]
     if len(nb_y) and len(nq_y):
         out.update({f"fewshot_knn_k{k}": acc for k, acc in
@@ -115,16 +133,20 @@ def protocol_metrics(feats: dict[str, Features], probe: dict[str, Any], cfg: Eva
     return out
 
 
-def compare(per_model: dict[str, dict[str, float]], probe_mode: str,
-            chance: float) -> dict[str, Any]:
-    """The evaluate.json layout: both models, their difference, and context."""
+def compare(per_model: dict[str, dict[str, float]], probe_mode: str, chance: float,
+            select: str = "last") -> dict[str, Any]:
+    """The evaluate.json layout: both models, their difference, and context. Under
+    select "test" every metric name gets the suffix `_testsel`."""
+    if select == "test":
+        per_model = {m: {k + TEST_SELECTED: v for k, v in d.items()}
+                     for m, d in per_model.items()}
     mamp, stars = per_model["mamp"], per_model["stars"]
     if mamp.keys() != stars.keys():
         raise ValueError(f"MAMP and STARS metrics differ in keys: "
                          f"{sorted(mamp.keys() ^ stars.keys())}")
     return {"mamp": mamp, "stars": stars,
             "delta": {k: stars[k] - mamp[k] for k in mamp},
-            "probe_mode": probe_mode, "chance": chance}
+            "probe_mode": probe_mode, "select": select, "chance": chance}
 
 
 def write_plots(plots_dir: Path, name: str, probe: dict[str, Any], test_labels: np.ndarray,
@@ -172,6 +194,11 @@ def run_evaluate(params: Params, store_dir: str | Path, mamp_ckpt: str | Path,
         if not ckpt.is_file():
             raise UserError(f"{ckpt}: checkpoint not found; run the stage that writes it "
                             "(dvc repro pretrain / tune) or import published weights")
+    if params.eval.select != "last":   # the tune stage's pick (val or test kNN)
+        stars_ckpt = Path(stars_ckpt).with_name("best.pt")
+        if not stars_ckpt.is_file():
+            raise UserError(f"{stars_ckpt}: not found; eval.select: {params.eval.select} "
+                            "uses the tune stage's best checkpoint: re-run the tune stage")
     store = Store.open(store_dir)
     check_data_params(params, store, "evaluate")
     tracker.log_dataset(store_dir, store.meta["dataset"], store.meta["fingerprint"], "eval")
@@ -187,7 +214,7 @@ def run_evaluate(params: Params, store_dir: str | Path, mamp_ckpt: str | Path,
         chance = 1.0 / len(probe["classes"])
         # The model that pretrain / tune logged from this very checkpoint, if any.
         model_ids[name] = tracker.find_model(checkpoint_sha256=ckpt_sha)
-    metrics = compare(per_model, params.eval.probe_mode, chance)
+    metrics = compare(per_model, params.eval.probe_mode, chance, params.eval.select)
     # The report attaches to this run, and `make register` registers these models.
     metrics["provenance"] = {"mlflow_run_id": tracker.run_id, "mlflow_models": model_ids}
     atomic_write_json(metrics_path, metrics)

@@ -32,7 +32,7 @@ from pipeline.data.transforms import TrainTransform
 from pipeline.eval.features import log_encoder
 from pipeline.models.mamp import MAMP
 from pipeline.training import checkpoint
-from pipeline.training.groups import MAMP_NO_DECAY, decay_groups
+from pipeline.training.groups import decay_groups
 from pipeline.training.loop import LoopConfig, fit, seed_everything
 
 
@@ -75,7 +75,7 @@ def run_pretrain(params: Params, store_dir: Path, ckpt_dir: Path, metrics_path: 
                       compile=cfg.compile, precision=cfg.precision)
     config = {"model": to_dict(model_cfg), "pretrain": to_dict(cfg)}
     start = time.perf_counter()
-    history = fit(model, mamp_step, decay_groups(model, cfg.weight_decay, skip=MAMP_NO_DECAY),
+    history = fit(model, mamp_step, decay_groups(model, cfg.weight_decay, cfg.decay_exempt),
                   loader_factory, loop, ckpt_dir=ckpt_dir, kind="mamp", config=config,
                   fingerprint=checkpoint.fingerprint(store.meta["fingerprint"], config),
                   tracker=tracker)

@@ -8,10 +8,15 @@ Usage (from `stages/tune.py`, alone or under torchrun)::
 
 Trains on the train split's base classes minus a stratified validation split
 (`tune.val_fraction`), which gives a kNN top-1 curve (validation queries against the rest of
-train) after every epoch: the release picks its epoch by *test* accuracy, we never look at test
-here (DESIGN.md section 4). Writes `<ckpt_dir>/last.pt` (kind "stars") every epoch, resuming
-from it when data, pretrained weights and config match, and `best.pt` (best validation kNN)
-beside it when `tune.keep_best`. A checkpoint's "model" is the `STARS` state dict: the encoder
+train) after every epoch. The release picks its epoch by *test* accuracy; we look at test only
+when `eval.select: test` asks for that (then `test_knn` joins the curve and picks `best.pt`;
+DESIGN.md section 4). Writes `<ckpt_dir>/last.pt` (kind "stars") every epoch, resuming
+from it when data, pretrained weights and config match, and `best.pt` (best validation kNN,
+or test kNN under `eval.select: test`) beside it when `tune.keep_best` or `eval.select` is not
+last. `tune.head_warmup_epochs` > 0 runs the release's two stages as two runs of the loop: the
+head alone (checkpoints in `<ckpt_dir>/head/`), then the tuned blocks, norm and head with a
+fresh optimizer, from the first stage's head, BatchNorm statistics and full queue (its best
+epoch when `eval.select` is not last, as the release's README takes the best checkpoint). A checkpoint's "model" is the `STARS` state dict: the encoder
 under its published names plus `head.*` and `queue.*`, so `eval.features.load_encoder` reads
 it as it reads a MAMP one. Rank 0 writes `metrics/tune.json` and `plots/tune/curves.csv`
 (epoch counted from 0, as in the pretraining plot), and logs the final encoder to MLflow as
@@ -30,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline.core import dist
-from pipeline.core.config import Params, to_dict
+from pipeline.core.config import Params, TuneConfig, to_dict
 from pipeline.core.errors import ConfigError, UserError
 from pipeline.core.stage import write_outputs, write_timing
 from pipeline.data.checks import check_data_params
@@ -39,28 +44,12 @@ from pipeline.data.store import Store
 from pipeline.data.transforms import TestTransform
 from pipeline.eval.features import extract_features, log_encoder
 from pipeline.eval.knn import knn_predict
+from pipeline.eval.validation import split_validation
 from pipeline.models.stars import STARS
 from pipeline.training import checkpoint
 from pipeline.training.groups import set_head_only, tuning_param_groups
 from pipeline.training.loop import LoopConfig, fit, seed_everything
 from pipeline.training.views import ViewTransform
-
-
-def split_validation(rows: np.ndarray, labels: np.ndarray, fraction: float,
-                     seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified split of `rows` (labels aligned) into (train, val), both sorted: each class
-    gives round(fraction * n) samples to val, at least 1 and at most n - 1 (so it stays in the
-    kNN bank), none when fraction is 0 or the class has a single sample."""
-    rng = np.random.default_rng(seed)
-    val = []
-    for c in np.unique(labels):
-        members = rows[labels == c]
-        if fraction == 0 or len(members) < 2:
-            continue
-        k = min(max(round(fraction * len(members)), 1), len(members) - 1)
-        val.append(rng.permutation(members)[:k])
-    val_rows = np.sort(np.concatenate(val)) if val else np.array([], dtype=rows.dtype)
-    return np.setdiff1d(rows, val_rows), val_rows
 
 
 def stars_step(model: torch.nn.Module, batch: dict[str, torch.Tensor]
@@ -70,6 +59,27 @@ def stars_step(model: torch.nn.Module, batch: dict[str, torch.Tensor]
     if x.dim() == 6:
         return model(x[:, 0], batch["index"], x[:, 1]), {}
     return model(x, batch["index"]), {}
+
+
+def loop_config(cfg: TuneConfig, epochs: int, best_metric: str | None = None) -> LoopConfig:
+    """The release's optimizer and step: AdamW betas (0.9, 0.95) at a constant lr (per-group
+    scales from `tuning_param_groups`), clipping `tune.clip_mode`."""
+    return LoopConfig(epochs=epochs, lr=cfg.lr, schedule="constant", optimizer="adamw",
+                      betas=(0.9, 0.95), clip_grad=cfg.clip_grad, clip_mode=cfg.clip_mode,
+                      seed=cfg.seed, compile=cfg.compile, precision=cfg.precision,
+                      best_metric=best_metric)
+
+
+class _EpochOffset:
+    """A tracker that logs a later stage's epochs after the earlier stage's."""
+
+    def __init__(self, tracker: Any, offset: int):
+        self.tracker, self.offset = tracker, offset
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        shifted = {**metrics, "epoch": metrics["epoch"] + self.offset} if "epoch" in metrics \
+            else metrics
+        self.tracker.log_metrics(shifted, step=step + self.offset)
 
 
 def _load_pretrained(model: STARS, path: Path) -> str:
@@ -134,45 +144,71 @@ def run_tune(params: Params, store_dir: Path, pretrain_ckpt: Path, ckpt_dir: Pat
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     def loader_factory(epoch: int) -> DataLoader:
-        # The epoch boundary is where the head-only warm-up ends (also on resume).
-        set_head_only(groups, epoch < cfg.head_warmup_epochs)
         sampler.set_epoch(epoch)
         return loader
 
     test = TestTransform(model_cfg.frames)   # the evaluation's centre crop
+    select = params.eval.select
+    test_rows = (store.select(split="test", novel=False) if select == "test"
+                 else np.array([], dtype=np.int64))
     validate = len(val_rows) > 0
 
+    def knn_top1(model: torch.nn.Module, rows: np.ndarray, bank: np.ndarray) -> float:
+        queries = _sharded_features(model, store, rows, test, cfg.batch_size // world,
+                                    cfg.loader_workers, cfg.precision)
+        pred = knn_predict(bank, labels[train_rows], queries, [cfg.val_k])[cfg.val_k]
+        return float(np.mean(pred == labels[rows]))
+
     def on_epoch_end(epoch: int, model: torch.nn.Module) -> dict[str, float]:
-        if not validate:
+        if not validate and not len(test_rows):
             return {}
         bank = _sharded_features(model, store, train_rows, test, cfg.batch_size // world,
                                  cfg.loader_workers, cfg.precision)
-        queries = _sharded_features(model, store, val_rows, test, cfg.batch_size // world,
-                                    cfg.loader_workers, cfg.precision)
-        pred = knn_predict(bank, labels[train_rows], queries, [cfg.val_k])[cfg.val_k]
-        return {"val_knn": float(np.mean(pred == labels[val_rows]))}
+        out = {"val_knn": knn_top1(model, val_rows, bank)} if validate else {}
+        if len(test_rows):   # eval.select: test, the release's reporting (labelled so)
+            out["test_knn"] = knn_top1(model, test_rows, bank)
+        return out
 
-    loop = LoopConfig(epochs=cfg.epochs, lr=cfg.lr, schedule="constant", optimizer="adamw",
-                      betas=(0.9, 0.95), clip_grad=cfg.clip_grad, seed=cfg.seed,
-                      compile=cfg.compile, precision=cfg.precision,
-                      # head warm-up: the encoder gets no gradient, which DDP must be told
-                      find_unused_parameters=cfg.head_warmup_epochs > 0,
-                      best_metric="val_knn" if validate and cfg.keep_best else None)
-    config = {"model": to_dict(model_cfg), "tune": to_dict(cfg)}
+    best_metric = {"test": "test_knn", "val": "val_knn"}.get(select)
+    if best_metric == "val_knn" and not validate:
+        raise ConfigError("eval.select: 'val' needs a validation split; set tune.val_fraction > 0")
+    if best_metric is None and validate and cfg.keep_best:
+        best_metric = "val_knn"
+    config = {"model": to_dict(model_cfg), "tune": to_dict(cfg), "select": select}
     if cfg.view == "crop_rotate":
         config["views"] = {k: getattr(params.pretrain, k) for k in ("crop_min", "crop_floor",
                                                                    "rotate")}
     # resume key: the pretrained weights, not the file (a re-run of pretrain that gives the
     # same weights writes other timings into it, and must not restart tuning)
     semantic = {**config, "pretrained": pretrained}
+    fingerprint = checkpoint.fingerprint(store.meta["fingerprint"], semantic)
     start = time.perf_counter()
-    history = fit(model, stars_step, groups, loader_factory, loop, ckpt_dir=ckpt_dir,
-                  kind="stars", config=config,
-                  fingerprint=checkpoint.fingerprint(store.meta["fingerprint"], semantic),
-                  tracker=tracker, on_epoch_end=on_epoch_end)
+    history: list[dict[str, float]] = []
+    warmup = cfg.head_warmup_epochs
+    if warmup:   # the release's second stage: the head alone (the encoder gets no gradient)
+        set_head_only(groups, True)
+        history = fit(model, stars_step, groups, loader_factory,
+                      loop_config(cfg, warmup, best_metric), ckpt_dir=Path(ckpt_dir) / "head",
+                      kind="stars", config=config, fingerprint=fingerprint, tracker=tracker,
+                      on_epoch_end=on_epoch_end)
+        if select != "last":   # its best epoch, read by rank 0 and sent to the others
+            best = Path(ckpt_dir) / "head" / "best.pt"
+            state = dist.broadcast_object(checkpoint.load(best)["model"]
+                                          if dist.is_main() and best.is_file() else None)
+            if state is not None:
+                model.load_state_dict(state)
+        set_head_only(groups, False)
+    # (the third stage) a fresh optimizer over the tuned blocks, norm and head
+    tuned = fit(model, stars_step, groups, loader_factory,
+                loop_config(cfg, cfg.epochs - warmup, best_metric), ckpt_dir=ckpt_dir,
+                kind="stars", config=config, fingerprint=fingerprint,
+                tracker=_EpochOffset(tracker, warmup), on_epoch_end=on_epoch_end)
+    history += [{**h, "epoch": h["epoch"] + warmup} for h in tuned]
     wall = time.perf_counter() - start
 
-    curve = [h["val_knn"] for h in history if "val_knn" in h]
+    # best epochs among the final stage's, whose checkpoints best.pt holds
+    curve = [h["val_knn"] for h in history[warmup:] if "val_knn" in h]
+    test_curve = [h["test_knn"] for h in history[warmup:] if "test_knn" in h]
     metrics: dict[str, Any] = {"final_loss": history[-1]["loss"]}
     timing = {
         "epochs": len(history), "train_samples": len(train_rows), "val_samples": len(val_rows),
@@ -184,9 +220,14 @@ def run_tune(params: Params, store_dir: Path, pretrain_ckpt: Path, ckpt_dir: Pat
     if curve:
         best = int(np.argmax(curve))   # first maximum, as fit's strict improvement keeps it
         metrics.update({"val_knn_last": curve[-1], "val_knn_best": curve[best],
-                        "best_epoch": history[best]["epoch"], "val_knn_curve": curve})
+                        "best_epoch": history[warmup + best]["epoch"], "val_knn_curve": curve})
+    if test_curve:   # selected on test: named so wherever it is shown
+        best = int(np.argmax(test_curve))
+        metrics.update({"knn_top1_testsel": test_curve[best],
+                        "best_epoch_testsel": history[warmup + best]["epoch"],
+                        "test_knn_curve": test_curve})
     write_outputs(metrics_path, metrics, Path(plots_dir) / "curves.csv", history,
-                  ["epoch", "loss", "val_knn"], tracker)
+                  ["epoch", "loss", "val_knn"] + (["test_knn"] if test_curve else []), tracker)
     write_timing(metrics_path, "tune", timing, tracker)
     log_encoder(tracker, Path(ckpt_dir) / "last.pt", model_cfg, "stars-encoder", step=len(history))
     return metrics | timing

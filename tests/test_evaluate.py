@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -114,9 +115,34 @@ def test_compare_gives_both_models_the_same_keys_and_delta_is_the_difference():
     assert out == {"mamp": {"knn_top1_k1": 0.5, "nmi": 0.2},
                    "stars": {"knn_top1_k1": 0.75, "nmi": 0.1},
                    "delta": {"knn_top1_k1": 0.25, "nmi": pytest.approx(-0.1)},
-                   "probe_mode": "cached", "chance": 0.25}
+                   "probe_mode": "cached", "select": "last", "chance": 0.25}
     with pytest.raises(ValueError, match="differ in keys"):
         compare({"mamp": {"a": 1.0}, "stars": {"b": 1.0}}, "cached", 0.5)
+
+
+def test_compare_names_every_test_selected_metric():
+    out = compare({"mamp": {"linear_top1": 0.5}, "stars": {"linear_top1": 0.75}}, "paper", 0.1,
+                  select="test")
+    assert out["select"] == "test"
+    assert out["mamp"] == {"linear_top1_testsel": 0.5}
+    assert out["delta"] == {"linear_top1_testsel": 0.25}
+
+
+def test_select_test_evaluates_the_tuned_best_checkpoint_and_labels_it(setup, tmp_path):
+    _, _, store, mamp, stars = setup
+    params = parse_params({**TINY, "eval": {**TINY["eval"], "select": "test"}})
+    tuned = tmp_path / "tune"
+    tuned.mkdir()
+    shutil.copy(stars, tuned / "last.pt")
+    with pytest.raises(UserError, match="best.pt"):
+        evaluate(tmp_path, params, store, mamp, tuned / "last.pt")
+    save_model(tuned / "best.pt", "stars", 5, params)        # what tune picked on test
+    metrics = evaluate(tmp_path, params, store, mamp, tuned / "last.pt")
+    assert metrics["select"] == "test"
+    assert set(metrics["stars"]) and all(k.endswith("_testsel") for k in metrics["stars"])
+    assert 0 <= metrics["stars"]["linear_epoch_testsel"] < params.eval.probe_epochs
+    best = evaluate(tmp_path / "plain", parse_params(TINY), store, mamp, tuned / "best.pt")
+    assert best["stars"]["knn_top1_k1"] == metrics["stars"]["knn_top1_k1_testsel"]
 
 
 def test_run_evaluate_writes_metrics_plots_features_and_tracks_them(setup):

@@ -17,11 +17,12 @@ from pipeline.core.io import file_sha256
 from pipeline.core.tracking import NullTracker
 from pipeline.data import transforms
 from pipeline.eval.features import load_encoder
+from pipeline.eval.validation import split_validation
 from pipeline.models.mamp import MAMP
 from pipeline.models.stars import STARS
 from pipeline.training import checkpoint
 from pipeline.training.views import ViewTransform, mask_tokens
-from pipeline.tune import run_tune, split_validation, stars_step
+from pipeline.tune import run_tune, stars_step
 from tests.conftest import write_store as write_tiny_store
 
 TINY = {"model": {"depth": 2, "dim": 16, "heads": 2, "frames": 8, "t_patch": 4,
@@ -52,8 +53,9 @@ def write_mamp(path: Path, params) -> dict:
     return model.state_dict()
 
 
-def tune(tmp: Path, **overrides):
-    params = parse_params({**TINY, "tune": {**TINY["tune"], **overrides}})
+def tune(tmp: Path, select: str = "last", **overrides):
+    params = parse_params({**TINY, "tune": {**TINY["tune"], **overrides},
+                           "eval": {"select": select}})
     store = tmp / "store"
     if not store.exists():
         write_store(store)
@@ -128,15 +130,44 @@ def test_resume_key_is_the_pretrained_weights_not_the_file_bytes(tmp_path, capsy
     assert "starting fresh" in capsys.readouterr().out
 
 
-def test_head_warmup_trains_the_encoder_only_after_its_epochs(tmp_path):
-    tune(tmp_path, epochs=3, head_warmup_epochs=2, val_fraction=0.0)
-    last = checkpoint.load(tmp_path / "ckpt" / "last.pt")
-    names = {i: n for g in last["optimizer"]["param_groups"]
+def _steps(ckpt: dict) -> dict[str, float]:
+    names = {i: n for g in ckpt["optimizer"]["param_groups"]
              for i, n in zip(g["params"], g["names"])}
-    steps = {names[i]: float(s["step"]) for i, s in last["optimizer"]["state"].items()}
+    return {names[i]: float(s["step"]) for i, s in ckpt["optimizer"]["state"].items()}
+
+
+def test_head_warmup_is_the_releases_two_stages_with_queue_carried_over(tmp_path):
+    tune(tmp_path, epochs=3, head_warmup_epochs=2, val_fraction=0.0)
     per_epoch = 12 // 4                        # 12 base-class train samples, batch 4
-    assert steps["head.predictor.0.weight"] == 3 * per_epoch
-    assert steps["blocks.1.mlp.fc1.weight"] == steps["norm.weight"] == 1 * per_epoch
+    head = checkpoint.load(tmp_path / "ckpt" / "head" / "last.pt")
+    steps = _steps(head)                       # first stage: the head alone
+    assert set(steps) == {k for k in head["model"] if k.startswith("head.")
+                          and not k.endswith(("running_mean", "running_var", "tracked"))}
+    assert set(steps.values()) == {2 * per_epoch}
+    last = checkpoint.load(tmp_path / "ckpt" / "last.pt")
+    steps = _steps(last)                       # second stage: a fresh optimizer, same lrs
+    assert steps["head.predictor.0.weight"] == steps["blocks.1.mlp.fc1.weight"] == per_epoch
+    assert [g["lr"] for g in last["optimizer"]["param_groups"] if g["head"]] == \
+        [g["lr"] for g in head["optimizer"]["param_groups"]]
+    # the queue and BatchNorm statistics went on from the first stage: 3 epochs of 12
+    assert int(last["model"]["queue.queue_ptr"]) == (3 * 12) % 16
+    assert int(last["model"]["head.projector.0.num_batches_tracked"]) == 3 * per_epoch * 2
+
+
+def test_select_test_picks_best_pt_by_test_knn_and_names_it(tmp_path):
+    _, metrics, _ = tune(tmp_path, select="test", epochs=3)
+    curve = metrics["test_knn_curve"]
+    assert len(curve) == 3 and metrics["knn_top1_testsel"] == max(curve)
+    assert metrics["best_epoch_testsel"] == int(np.argmax(curve))
+    best = checkpoint.load(tmp_path / "ckpt" / "best.pt")
+    assert best["epoch"] == metrics["best_epoch_testsel"] + 1
+    rows = list(csv.DictReader((tmp_path / "plots" / "curves.csv").open()))
+    assert [float(r["test_knn"]) for r in rows] == curve
+
+
+def test_select_val_needs_a_validation_split(tmp_path):
+    with pytest.raises(ConfigError, match="val_fraction"):
+        tune(tmp_path, select="val", val_fraction=0.0)
 
 
 @pytest.mark.parametrize("key, value, holds", [

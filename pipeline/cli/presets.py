@@ -2,6 +2,8 @@
 
 `make exp PRESET=ntu60-xsub` checks `preset_params` (values and raw data, `python -m pipeline
 check --preset`), then runs `dvc exp run` with the `-S` flags built by `preset_args`.
+A preset may start from another: `preset: ntu60-xsub` applies that one first (the two-stage
+presets are the single-stage ones plus the head warm-up).
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ def load_preset(name: str, base: dict) -> dict[str, object]:
         overrides = yaml.load(path.read_text(), Loader=ParamsLoader) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    if "preset" in overrides:
+        parent = overrides.pop("preset")
+        if parent == name:
+            raise ConfigError(f"{path}: a preset cannot start from itself")
+        overrides = {**load_preset(parent, base), **overrides}
     try:
         _merged(base, overrides)
     except ConfigError as exc:

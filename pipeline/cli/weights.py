@@ -156,6 +156,17 @@ def _our_checkpoint(kind: str, model: dict, cfg: ModelConfig, epoch: int, src: P
             "fingerprint": "", "extra": extra, "source": f"imported:{src}"}
 
 
+def _epochs_done(epoch: Any, args: dict, src: Path) -> int:
+    """Epochs a published MAMP checkpoint completed: the release saves the 0-based epoch
+    index; the STARS repository's copy saves the string 'last' after the final epoch, whose
+    count is then the `epochs` argument (0 when the file does not record it)."""
+    if epoch == "last":
+        return args.get("epochs") if isinstance(args.get("epochs"), int) else 0
+    if isinstance(epoch, int) and not isinstance(epoch, bool):
+        return epoch + 1
+    raise UserError(f"{src}: 'epoch' is {epoch!r}; expected an epoch index or 'last'")
+
+
 def _import_mamp(src: Path, cfg: ModelConfig) -> tuple[dict, dict]:
     ckpt = checkpoint.safe_torch_load(src, allow=[argparse.Namespace])
     if not isinstance(ckpt, dict) or "model" not in ckpt:
@@ -165,11 +176,12 @@ def _import_mamp(src: Path, cfg: ModelConfig) -> tuple[dict, dict]:
     # The mask ratio changes no shape; 0.5 is valid for every token count.
     _check_state(state, _expected_shapes(lambda: MAMP(cfg, mask_ratio=0.5)), src)
     heads_checked = _check_heads(ckpt.get("args"), cfg, src)
-    published_epoch = int(ckpt.get("epoch", -1))     # the release saves the 0-based epoch index
     args = _plain(ckpt["args"]) if ckpt.get("args") is not None else {}
-    out = _our_checkpoint("mamp", dict(state), cfg, published_epoch + 1, src,
+    published_epoch = ckpt.get("epoch", -1)
+    epochs = _epochs_done(published_epoch, args, src)
+    out = _our_checkpoint("mamp", dict(state), cfg, epochs, src,
                           {"published_args": args, "published_epoch": published_epoch})
-    summary = {"heads_checked": heads_checked, "epochs": published_epoch + 1,
+    summary = {"heads_checked": heads_checked, "epochs": epochs,
                "mask_ratio": args.get("mask_ratio"), "tau": args.get("motion_aware_tau")}
     return out, summary
 

@@ -87,6 +87,10 @@ class PreprocessConfig:
 
     workers: int = Field(2, ge=1)
     on_error: Literal["skip", "raise"] = "skip"
+    pku_frames: Literal["mamp", "ntu"] = Field(
+        "mamp", description="PKU-MMD samples: mamp = MAMP's pku_gendata.py + feeder (first 300 "
+                            "frames, all-zero frames kept, not centred); ntu = drop empty "
+                            "frames, centre as NTU")
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -119,6 +123,9 @@ class PretrainConfig:
     weight_decay: float = Field(0.05, ge=0)
     clip_grad: float = Field(0.0, ge=0,
                              description="max grad norm; 0 disables (MAMP does not clip)")
+    decay_exempt: Literal["none", "bias_norm", "bias_norm_embed"] = Field(
+        "bias_norm", description="tensors without weight decay: bias_norm = biases and 1-D "
+                                 "tensors (release); bias_norm_embed also embeddings, mask token")
     mask_ratio: float = Field(0.9, gt=0, lt=1)
     tau: float = Field(0.80, ge=0,
                        description="motion-aware masking temperature; 0 = uniform masking")
@@ -141,12 +148,23 @@ class TuneConfig:
     batch_size: int = Field(32, ge=2, description="global batch size, split across processes")
     lr: float = Field(1e-3, gt=0)
     layer_decay: float = Field(0.45, gt=0, le=1)
-    weight_decay: float = Field(0.05, ge=0)
+    weight_decay: float = Field(0.01, ge=0, description="AdamW decay (release: torch's default "
+                                                        "0.01; its config's 0.05 is never passed)")
+    decay_exempt: Literal["none", "bias_norm", "bias_norm_embed"] = Field(
+        "none", description="tensors without weight decay: none (release: every tuned tensor), "
+                            "bias_norm = biases and 1-D tensors, bias_norm_embed also embeddings")
     clip_grad: float = Field(3.0, ge=0)
+    clip_mode: Literal["per_tensor", "global"] = Field(
+        "per_tensor", description="per_tensor: each tensor's grad norm to clip_grad (release); "
+                                  "global: the norm of all grads together")
+    empty_slots: Literal["eligible", "last"] = Field(
+        "eligible", description="never-filled queue slots (random unit vectors): eligible as "
+                                "neighbours (release) or ranked below every filled slot")
     tuned_blocks: int = Field(-1, ge=-1, description="blocks tuned from the top; -1 = depth/2")
     full: bool = Field(False, description="tune every block and the embeddings")
     head_warmup_epochs: int = Field(0, ge=0,
-                                    description="head-only epochs first (public release: 20)")
+                                    description="head-only epochs first (the release's second "
+                                                "stage: 20), then a fresh optimizer tunes")
     queue_size: int = Field(32768, ge=2,
                             description="K >= 2: a sample always has another candidate")
     temperature: float = Field(0.07, gt=0)
@@ -171,6 +189,11 @@ class EvalConfig:
     """Frozen-encoder evaluation (stage `evaluate`)."""
 
     knn_k: Counts = _counts(1, 2, 5, 10)
+    select: Literal["last", "val", "test"] = Field(
+        "last", description="epoch reported for the probe and tuning: last; best on a validation "
+                            "split; best on test (the release's reporting; metrics *_testsel)")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="train fraction held out to pick "
+                                                             "the probe's epoch under select: val")
     probe_mode: Literal["cached", "paper"] = "cached"
     probe_epochs: int = Field(100, ge=1)
     probe_lr: float = Field(0.1, gt=0)

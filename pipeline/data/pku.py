@@ -20,12 +20,15 @@ video, since its frame numbering can no longer be trusted.
 
 Per sample: an actor with a non-finite coordinate in a frame is absent in that frame (counted
 in `nan_frames`; PKU has no body IDs to denoise, and dropping the frame as NTU's denoiser does
-would also drop the other actor's valid pose); frames where nobody is present are dropped, as
-NTU step 1 does (counted in `empty_frames`; MAMP's `pku_gendata.py` keeps them and does not
-centre: we treat PKU like NTU so that one transform fits both); the sample is centred like
-NTU on joint 2 (spine mid) of actor 1 in the first frame where actor 1 is present (actor 2's
-if actor 1 never is). Absent actors stay exactly zero. A sample left with no frame is
-skipped and counted (`samples_empty`; MAMP drops these too).
+would also drop the other actor's valid pose). Then `preprocess.pku_frames`:
+- `mamp` (default, the release): what MAMP's `pku_gendata.py` and feeder hand the model: the
+  first 300 frames, not centred, all-zero frames kept where they are; the feeder then reads
+  as many frames from the start as the sample has non-zero ones, so the rest is cut here.
+- `ntu`: as NTU step 1, frames where nobody is present are dropped, and the sample is centred
+  on joint 2 (spine mid) of actor 1 in the first frame where actor 1 is present (actor 2's if
+  actor 1 never is), so one transform fits both datasets.
+Frames cut either way are counted in `empty_frames`. Absent actors stay exactly zero. A sample
+left with no frame is skipped and counted (`samples_empty`; MAMP drops these too).
 Store metadata: performer 0 (PKU names do not encode the subject), camera L/M/R = 1/2/3,
 setup = the digits of the video name (`0002-L` -> 2, `A01N03-M` -> 103), replication = the
 label-file line; sample name `<video>_<line:03d>`.
@@ -52,6 +55,7 @@ from pipeline.data.store import SampleMeta, StoreWriter
 
 M, V, C = 2, 25, 3  # actors, joints, coordinates in a PKU line (150 numbers)
 SPINE_MID = 1  # 0-based joint 2
+MAMP_MAX_FRAMES = 300  # pku_gendata.py's max_frame
 CAMERAS = {"L": 1, "M": 2, "R": 3}
 SKELETON_DIRS = ("skeleton", "PKU_Skeleton_Renew", "Data/PKU_Skeleton_Renew", "Skeleton")
 LABEL_DIRS = ("label", "Train_Label_PKU_final", "Label/Train_Label_PKU_final", "Label")
@@ -212,6 +216,14 @@ def centre(frames: np.ndarray) -> np.ndarray:
     return np.where(present[:, :, None, None], frames - origin, 0.0).astype(np.float32)
 
 
+def mamp_frames(frames: np.ndarray) -> np.ndarray:
+    """MAMP's sample: the first 300 frames, then as many from the start as there are frames
+    with a non-zero value (its feeder's valid-frame count); not centred. (T, M, V, C)."""
+    frames = frames[:MAMP_MAX_FRAMES]
+    valid = int((frames != 0).any(axis=(1, 2, 3)).sum())
+    return frames[:valid].astype(np.float32)
+
+
 def video_meta(video: str) -> tuple[int, int]:
     """(camera, setup) from a PKU video name: `0002-L` -> (1, 2), `A01N03-M` -> (2, 103)."""
     camera = CAMERAS.get(video.rsplit("-", 1)[-1], 0)
@@ -226,6 +238,7 @@ class _Job:
     label: Path | None
     split: str
     num_classes: int
+    frames: str = "mamp"   # preprocess.pku_frames
 
 
 @dataclass
@@ -241,7 +254,7 @@ class _Result:
 
 
 def _convert_video(job: _Job) -> _Result:
-    """One video -> its trimmed, centred samples (runs in a worker process)."""
+    """One video -> its trimmed samples, as `job.frames` says (runs in a worker process)."""
     out = _Result(job.video)
     if job.skeleton is None or job.label is None:
         have, missing = (job.label, "skeleton") if job.skeleton is None else (job.skeleton, "label")
@@ -259,7 +272,7 @@ def _convert_video(job: _Job) -> _Result:
     camera, setup = video_meta(job.video)
     for row in rows:
         clip = frames[row.start:row.end]
-        sample = centre(clip)
+        sample = mamp_frames(clip) if job.frames == "mamp" else centre(clip)
         out.empty_frames += len(clip) - len(sample)
         if not len(sample):
             out.empty.append(Issue(str(job.label), row.line, "no_skeleton",
@@ -327,8 +340,8 @@ def convert_pku(data: DataConfig, pre: PreprocessConfig, out_dir: str | Path,
     skeletons = {p.stem: p for p in skel_dir.glob("*.txt")}
     labels = {p.stem: p for p in label_dir.glob("*.txt")}
     videos = sorted(skeletons.keys() | labels.keys())
-    jobs = [_Job(v, skeletons.get(v), labels.get(v), split_of[v], len(class_names))
-            for v in videos if v in split_of]
+    jobs = [_Job(v, skeletons.get(v), labels.get(v), split_of[v], len(class_names),
+                 pre.pku_frames) for v in videos if v in split_of]
 
     m: dict[str, Any] = {
         "dataset": data.source, "benchmark": data.benchmark, "videos": len(videos),

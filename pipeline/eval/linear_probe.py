@@ -7,7 +7,8 @@ Usage::
                          params.eval, ckpt_dir=..., fingerprint=..., tracker=tracker)
     result["top1"], result["mean_class_acc"], result["confusion"], result["curve"]
 
-The head is BatchNorm1d(D, affine=False) + Linear (as in MAE/MAMP linear probing), trained
+The head is BatchNorm1d(D, affine=False, eps 1e-6) + Linear (weights trunc-normal std 0.01,
+bias 0), as in MAE/MAMP linear probing, trained
 with SGD (momentum 0.9, no weight decay), the learning rate set every iteration on a cosine
 from `probe_lr` to 0 (`pipeline.training.loop.lr_at`), `probe_epochs` epochs of `probe_batch_size`
 (full batches: a batch of one would break BatchNorm; reshuffled every epoch). Two modes:
@@ -16,13 +17,16 @@ from `probe_lr` to 0 (`pipeline.training.loop.lr_at`), `probe_epochs` epochs of 
 - `paper`: through `pipeline.training.loop.fit`, every epoch re-crops and re-rotates the train split
   (the pretraining transform) and runs the frozen encoder, as the paper does. Costs one
   encoder forward over the train split per epoch; checkpoints each epoch and resumes.
-Both report the last epoch: the public release picks the epoch by test accuracy, which we
-do not (DESIGN.md section 4, honest model selection).
+Both report the last epoch unless given a selection set (`eval.select`: a validation split,
+or the test split itself as the public release does): then the epoch with the best top-1 on
+it, first of equals (DESIGN.md section 4, honest model selection).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,14 +41,18 @@ from pipeline.core.config import EvalConfig
 from pipeline.core.errors import DataError
 from pipeline.data.dataset import GlobalBatchSampler, SkeletonDataset, make_loader
 from pipeline.models.encoder import Encoder
+from pipeline.training import checkpoint
 from pipeline.training.loop import LoopConfig, fit, lr_at
 
 
 class LinearProbe(nn.Module):
     def __init__(self, dim: int, num_classes: int):
         super().__init__()
-        self.bn = nn.BatchNorm1d(dim, affine=False)  # standardises features; no learned scale
+        # standardises features, no learned scale; eps and init as MAMP's main_linprobe.py
+        self.bn = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
         self.fc = nn.Linear(dim, num_classes)
+        nn.init.trunc_normal_(self.fc.weight, std=0.01)
+        nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:   # (N, D) -> (N, classes)
         return self.fc(self.bn(x))
@@ -105,6 +113,29 @@ def _new_probe(dim: int, num_classes: int, seed: int) -> LinearProbe:
         return LinearProbe(dim, num_classes)
 
 
+Selection = tuple[np.ndarray, np.ndarray]   # features (N, D) and labels that pick the epoch
+
+
+@torch.no_grad()
+def _top1(probe: LinearProbe, feats: torch.Tensor, codes: torch.Tensor) -> float:
+    """Top-1 of `probe` in eval mode on (feats, codes); the probe's mode is restored."""
+    mode = probe.training
+    probe.eval()
+    acc = float((probe(feats).argmax(1) == codes).float().mean())
+    probe.train(mode)
+    return acc
+
+
+def _selection(select: Selection | None, classes: np.ndarray, device: torch.device
+               ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if select is None:
+        return None
+    feats, labels = select
+    codes = _class_codes(classes, labels)[2]
+    return (torch.as_tensor(feats, dtype=torch.float32, device=device),
+            torch.as_tensor(codes, device=device))
+
+
 @torch.no_grad()
 def _score(probe: LinearProbe, classes: np.ndarray, test_feats: np.ndarray,
            test_codes: np.ndarray) -> dict[str, Any]:
@@ -132,8 +163,10 @@ def _score(probe: LinearProbe, classes: np.ndarray, test_feats: np.ndarray,
 
 def probe_cached(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray,
                  test_labels: np.ndarray, cfg: EvalConfig,
-                 device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Train on cached train-split features; score the last epoch on the test split."""
+                 device: str | torch.device = "cpu",
+                 select: Selection | None = None) -> dict[str, Any]:
+    """Train on cached train-split features; score on the test split the last epoch, or the
+    epoch with the best top-1 on `select`."""
     device = torch.device(device)
     classes, train_codes, test_codes = _class_codes(train_labels, test_labels)
     x_all = torch.as_tensor(train_feats, dtype=torch.float32, device=device)   # (N, D)
@@ -145,6 +178,8 @@ def probe_cached(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: 
 
     probe = _new_probe(x_all.shape[1], len(classes), cfg.seed).to(device).train()
     opt = torch.optim.SGD(probe.parameters(), lr=cfg.probe_lr, momentum=loop.momentum)
+    picker = _selection(select, classes, device)
+    best: tuple[float, int, dict] | None = None     # (top-1 on select, epoch, probe state)
     curve = []
     with _one_cpu_thread(device):
         for epoch in range(cfg.probe_epochs):
@@ -167,16 +202,26 @@ def probe_cached(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: 
             seen = min(iters * bs, n)
             curve.append({"epoch": epoch, "loss": float(loss_sum) / seen,
                           "train_acc": float(correct) / seen, "lr": lr})
-    return {"mode": "cached", **_score(probe, classes, test_feats, test_codes), "curve": curve}
+            if picker is not None:
+                curve[-1]["select_top1"] = acc = _top1(probe, *picker)
+                if best is None or acc > best[0]:
+                    best = (acc, epoch, copy.deepcopy(probe.state_dict()))
+    epoch = cfg.probe_epochs - 1
+    if best is not None:
+        _, epoch, state = best
+        probe.load_state_dict(state)
+    return {"mode": "cached", **_score(probe, classes, test_feats, test_codes), "curve": curve,
+            "epoch": epoch}
 
 
 def probe_paper(encoder: Encoder, train_dataset: SkeletonDataset, train_labels: np.ndarray,
                 test_feats: np.ndarray, test_labels: np.ndarray, cfg: EvalConfig, *,
                 ckpt_dir: Path, config: dict, fingerprint: str, tracker: Any,
-                workers: int = 0) -> dict[str, Any]:
+                workers: int = 0, select: Selection | None = None) -> dict[str, Any]:
     """Train through the frozen encoder with `fit` on `train_dataset` (built with the train
-    transform; `train_labels` are its labels in order); score the last epoch on the cached
-    test-transform features. Checkpoints go to `ckpt_dir` (resumed if `fingerprint` matches).
+    transform; `train_labels` are its labels in order); score on the cached test-transform
+    features the last epoch, or the one with the best top-1 on `select` (`best.pt`).
+    Checkpoints go to `ckpt_dir` (resumed if `fingerprint` matches).
     """
     classes, _, test_codes = _class_codes(train_labels, test_labels)
     model = FrozenEncoderProbe(encoder, _new_probe(test_feats.shape[1], len(classes), cfg.seed))
@@ -194,10 +239,23 @@ def probe_paper(encoder: Encoder, train_dataset: SkeletonDataset, train_labels: 
                                      epoch=epoch)
         return make_loader(train_dataset, sampler, workers)
 
+    picker = _selection(select, classes, dist.device())
+
+    def on_epoch_end(epoch: int, m: nn.Module) -> dict[str, float]:
+        return {"select_top1": _top1(m.probe, *picker)}
+
+    loop = dataclasses.replace(loop_config(cfg),
+                               best_metric=None if select is None else "select_top1")
     history = fit(model, step_fn, [{"params": list(model.probe.parameters())}],
-                  loader_factory, loop_config(cfg), ckpt_dir=ckpt_dir, kind="probe",
-                  config=config, fingerprint=fingerprint, tracker=tracker)
-    curve = [{"epoch": h["epoch"], "loss": h["loss"], "train_acc": h["train_acc"],
-              "lr": h["lr"]} for h in history]
+                  loader_factory, loop, ckpt_dir=ckpt_dir, kind="probe",
+                  config=config, fingerprint=fingerprint, tracker=tracker,
+                  on_epoch_end=on_epoch_end if select is not None else None)
+    epoch = history[-1]["epoch"]
+    if select is not None:   # best.pt: the first epoch with the best top-1 on `select`
+        best = checkpoint.load(Path(ckpt_dir) / "best.pt")
+        model.load_state_dict(best["model"])
+        epoch = best["epoch"] - 1
+    curve = [{k: h[k] for k in ("epoch", "loss", "train_acc", "lr", "select_top1") if k in h}
+             for h in history]
     return {"mode": "paper", **_score(model.probe, classes, test_feats, test_codes),
-            "curve": curve}
+            "curve": curve, "epoch": epoch}

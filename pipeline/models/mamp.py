@@ -79,6 +79,14 @@ class MAMP(Encoder):
 
     # ---------------------------------------------------------------- masking
 
+    def mask_noise(self, seeds: torch.Tensor, M: int) -> torch.Tensor:
+        """Uniform noise (N*M, L) drawn on the CPU from each sample's own seed: row n*M + m is
+        `torch.rand(M, L)` of a generator seeded with seeds[n], row m (the release draws one
+        `torch.rand(N*M, L)` from the global generator instead)."""
+        return torch.cat([torch.rand(M, self.num_tokens,
+                                     generator=torch.Generator().manual_seed(int(s)))
+                          for s in seeds.tolist()])
+
     @torch.no_grad()
     def motion_aware_mask(self, x: torch.Tensor, seeds: torch.Tensor
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -93,10 +101,7 @@ class MAMP(Encoder):
         """
         N, M, T, V, C = x.shape
         NM, L, K = N * M, self.num_tokens, self.num_keep
-        # Uniform noise drawn on the CPU from each sample's own seed, then moved to the device.
-        u = torch.stack([torch.rand(M, L, generator=torch.Generator().manual_seed(int(s)))
-                         for s in seeds.tolist()])                  # (N, M, L)
-        u = u.reshape(NM, L).to(x.device)
+        u = self.mask_noise(seeds, M).to(x.device)                 # (N*M, L)
         if self.tau > 0:
             patches = self.patchify(x.reshape(NM, T, V, C).float())  # (N*M, L, u*C)
             patches = patches.reshape(NM, self.grid_t, V, -1)       # (N*M, T', V, u*C)

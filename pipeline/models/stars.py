@@ -32,18 +32,27 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
     float summation order). torch's SyncBatchNorm refuses CPU tensors, hence this small
     version: the sums are gathered with autograd, so the backward pass matches too. Parameter
     and buffer names are BatchNorm1d's, so published weights load unchanged.
+
+    `updates` > 1 moves the running statistics that many momentum steps toward this batch's
+    statistics, as that many forwards of the same batch would (the release's two identical
+    views); the output and its gradient are those of one forward.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, updates: int = 1) -> torch.Tensor:
         x = x.float()  # statistics in float32, also under bf16 autocast
-        if not self.training or dist.world_size() == 1:
+        if not self.training:
             return super().forward(x)
+        # k steps of momentum m toward the same statistics = one step of 1 - (1 - m)^k
+        m = self.momentum if updates == 1 else 1.0 - (1.0 - self.momentum) ** updates
+        if dist.world_size() == 1:
+            self.num_batches_tracked.add_(updates)
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                True, m, self.eps)
         n = dist.all_gather_no_grad(x.new_tensor([x.shape[0]])).sum()       # global batch size
         mean = dist.all_gather_with_grad(x.sum(0, keepdim=True)).sum(0) / n              # (C,)
         var = dist.all_gather_with_grad(((x - mean) ** 2).sum(0, keepdim=True)).sum(0) / n
         with torch.no_grad():
-            self.num_batches_tracked.add_(1)
-            m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+            self.num_batches_tracked.add_(updates)
             self.running_mean.lerp_(mean, m)
             self.running_var.lerp_(var * n / (n - 1), m)  # unbiased, as BatchNorm1d keeps it
         y = (x - mean) * torch.rsqrt(var + self.eps)
@@ -51,7 +60,9 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
 
 
 class STARSHead(nn.Module):
-    """Projector BN(D) and predictor Linear-BN-ReLU-Linear on the pooled feature (release)."""
+    """Projector BN(D) and predictor Linear-BN-ReLU-Linear on the pooled feature (release),
+    initialised as the release's `weights_init`: Linear N(0, 0.02), BN weight N(1, 0.02),
+    biases 0."""
 
     def __init__(self, dim: int, predictor_dim: int = 4096) -> None:
         super().__init__()
@@ -62,44 +73,51 @@ class STARSHead(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(predictor_dim, dim),
         )
-        for m in self.predictor:
-            if isinstance(m, nn.Linear):  # MAE/MAMP-style init, as the encoder's own linears
-                nn.init.xavier_uniform_(m.weight)
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.BatchNorm1d)):
+                nn.init.normal_(m.weight, mean=1.0 if isinstance(m, nn.BatchNorm1d) else 0.0,
+                                std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, f: torch.Tensor, stat_updates: int = 1
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """f (N, D) -> (z, p), both L2-normalised (N, D); the predictor reads the raw
-        projector output, as in NNCLR."""
-        y = self.projector(f)
-        return F.normalize(y, dim=1), F.normalize(self.predictor(y), dim=1)
+        projector output, as in NNCLR. `stat_updates`: see `GlobalBatchNorm1d`."""
+        y = self.projector[0](f, stat_updates)
+        fc1, bn, relu, fc2 = self.predictor
+        p = fc2(relu(bn(fc1(y), stat_updates)))
+        return F.normalize(y, dim=1), F.normalize(p, dim=1)
 
 
 class NNQueue(nn.Module):
     """FIFO of past projections z with the dataset row each came from.
 
-    Starts as in the release: K random unit vectors with id -1 ("empty"). `nearest` ranks
-    empty slots below every filled one, so they serve as (random) positives only while a
-    sample has no other candidate, i.e. in the very first step. A sample is never its own
-    positive, however many copies of it the queue holds.
+    Starts as in the release: K random unit vectors with id -1 ("empty"). With
+    `empty_last=False` (the release) they compete as neighbours like any entry while the
+    queue fills; `empty_last=True` ranks them below every filled slot, so they serve only
+    while a sample has no other candidate. A sample is never its own positive, however many
+    copies of it the queue holds.
     """
 
-    def __init__(self, size: int, dim: int, seed: int = 0) -> None:
+    def __init__(self, size: int, dim: int, seed: int = 0, empty_last: bool = False) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(seed)  # same queue on every process without a broadcast
         self.register_buffer("queue", F.normalize(torch.randn(size, dim, generator=g), dim=1))
         self.register_buffer("queue_id", torch.full((size,), -1, dtype=torch.long))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+        self.empty_last = empty_last
 
     @torch.no_grad()
     def nearest(self, z: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """z (N, D) normalised, ids (N,) -> the most similar entry of another sample (N, D).
-        Similarities in float32 even under bf16 autocast, so near-ties rank as in fp32."""
+        """z (N, D) normalised, ids (N,) -> slot (N,) of the most similar entry of another
+        sample. Similarities in float32 even under bf16 autocast, so near-ties rank as in fp32."""
         with torch.autocast(z.device.type, enabled=False):
             sim = z.to(self.queue.dtype) @ self.queue.T                                # (N, K)
-        sim = sim - 4.0 * (self.queue_id == -1)  # cosine is in [-1, 1]: empties rank last
+        if self.empty_last:
+            sim = sim - 4.0 * (self.queue_id == -1)  # cosine is in [-1, 1]: empties rank last
         sim = sim.masked_fill(self.queue_id[None, :] == ids[:, None], float("-inf"))
-        return self.queue[sim.argmax(dim=1)]
+        return sim.argmax(dim=1)
 
     @torch.no_grad()
     def enqueue(self, z: torch.Tensor, ids: torch.Tensor) -> None:
@@ -136,7 +154,8 @@ class STARS(Encoder):
     def __init__(self, model_cfg: ModelConfig, cfg: TuneConfig) -> None:
         super().__init__(model_cfg)
         self.head = STARSHead(model_cfg.dim, cfg.predictor_dim)
-        self.queue = NNQueue(cfg.queue_size, model_cfg.dim, seed=cfg.seed)
+        self.queue = NNQueue(cfg.queue_size, model_cfg.dim, seed=cfg.seed,
+                             empty_last=cfg.empty_slots == "last")
         self.temperature = cfg.temperature
 
     def load_encoder(self, state: dict[str, torch.Tensor]) -> None:
@@ -155,10 +174,13 @@ class STARS(Encoder):
         x_view None means both views are x itself. The release runs the second view without
         gradients, so then one forward serves both exactly: p1 = p0.detach(), NN(z1) = NN(z0),
         and the symmetric loss 0.5 * (l(NN(z1), p0) + l(NN(z0), p1)) keeps its value and its
-        (halved) gradient, which matters for gradient clipping.
+        (halved) gradient, which matters for gradient clipping; the head's BatchNorm
+        statistics take the release's two steps.
         """
-        z0, p0 = self.head(self.forward_features(x))                             # (N, D) x 2
-        nn0 = self.queue.nearest(z0, index)
+        # One forward stands for two identical views: the head's statistics step twice.
+        z0, p0 = self.head(self.forward_features(x), 2 if x_view is None else 1)  # (N, D) x 2
+        queue = self.queue.queue
+        nn0 = queue[self.queue.nearest(z0, index)]
         p0_all = dist.all_gather_with_grad(p0)                                   # (W * N, D)
         if x_view is None:
             half = nnclr_loss(nn0, p0_all, self.temperature)
@@ -166,7 +188,7 @@ class STARS(Encoder):
         else:
             with torch.no_grad():
                 z1, p1 = self.head(self.forward_features(x_view))
-            nn1 = self.queue.nearest(z1, index)
+            nn1 = queue[self.queue.nearest(z1, index)]
             p1_all = dist.all_gather_no_grad(p1)
             loss = 0.5 * (nnclr_loss(nn1, p0_all, self.temperature)
                           + nnclr_loss(nn0, p1_all, self.temperature))

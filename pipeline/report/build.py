@@ -108,9 +108,10 @@ def _results(ctx: Context) -> list[Block]:
     if ctx.evaluation is None:
         raise Unavailable("metrics/evaluate.json not found (run the evaluate stage)")
     ev = ctx.evaluation
+    test_selected = ev.get("select") == "test"   # evaluate.py then names every key *_testsel
 
     def ours(model: str, key: str) -> float | None:
-        value = ev.get(model, {}).get(key)
+        value = ev.get(model, {}).get(key + ("_testsel" if test_selected else ""))
         return None if value is None else PERCENT * float(value)
 
     def delta(key: str) -> str:
@@ -137,8 +138,14 @@ def _results(ctx: Context) -> list[Block]:
              "paper": "the linear probe follows the paper's protocol (DESIGN.md section 4)"}
     mode = ev.get("probe_mode", "unknown")
     name = benchmark_name(source, bench)
-    notes = [(f"Top-1 accuracy (%) on {name}, test split, last epoch (no test-set model "
-              f"selection); {probe.get(mode, f'probe mode {mode!r}')}.")]
+    selection = {
+        "test": ("TEST-SELECTED: the probe epoch and the tuned checkpoint with the best test "
+                 "accuracy, the public release's reporting (metrics *_testsel)"),
+        "val": ("probe epoch and tuned checkpoint picked on validation splits of train (no "
+                "test-set model selection)"),
+    }.get(ev.get("select"), "last epoch (no test-set model selection)")
+    notes = [(f"Top-1 accuracy (%) on {name}, test split, {selection}; "
+              f"{probe.get(mode, f'probe mode {mode!r}')}.")]
     if ev.get("chance") is not None:
         notes.append(f"Chance level: {PERCENT * float(ev['chance']):.1f}%.")
     if source == "synthetic":

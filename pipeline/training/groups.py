@@ -2,38 +2,42 @@
 
 Usage::
 
-    groups = decay_groups(mamp, 0.05, skip=MAMP_NO_DECAY)           # pretraining
+    groups = decay_groups(mamp, 0.05, params.pretrain.decay_exempt)   # pretraining
     groups = tuning_param_groups(stars, params.tune, params.model.depth)  # freezes the rest
     fit(model, step_fn, groups, ...)                                # pipeline.training.loop
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from torch import nn
 
 from pipeline.core.config import TuneConfig
 
-# Besides biases and norms (ndim <= 1), embeddings and the mask token get no weight decay.
-MAMP_NO_DECAY = ("temp_embed", "pos_embed", "mask_token", "decoder_temp_embed",
-                 "decoder_pos_embed")
+# The embeddings and the mask token (MAMP and its decoder): exempt under "bias_norm_embed".
+EMBEDDINGS = ("temp_embed", "pos_embed", "mask_token", "decoder_temp_embed",
+              "decoder_pos_embed")
+
+
+def decay_exempt(name: str, p: nn.Parameter, exempt: str) -> bool:
+    """Whether `p` gets no weight decay under `exempt` (pretrain/tune.decay_exempt):
+    "none"; "bias_norm": biases and every tensor with ndim <= 1 (MAE/MAMP, the release);
+    "bias_norm_embed": those and the embeddings and mask token."""
+    if exempt == "none":
+        return False
+    if p.ndim <= 1 or name.endswith(".bias"):
+        return True
+    return exempt == "bias_norm_embed" and name in EMBEDDINGS
+
 
 def decay_groups(model: nn.Module, weight_decay: float,
-                 skip: Iterable[str] = ()) -> list[dict[str, Any]]:
-    """Decay / no-decay groups over the trainable parameters only. No decay on biases and
-    norms (every parameter with ndim <= 1) and on the parameter names in `skip`
-    (e.g. position embeddings, the mask token)."""
-    skip = set(skip)
+                 exempt: str = "bias_norm") -> list[dict[str, Any]]:
+    """Decay / no-decay groups over the trainable parameters only (see `decay_exempt`)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim <= 1 or name.endswith(".bias") or name in skip:
-            no_decay.append(p)
-        else:
-            decay.append(p)
+        if p.requires_grad:
+            (no_decay if decay_exempt(name, p, exempt) else decay).append(p)
     return [{"params": no_decay, "weight_decay": 0.0},
             {"params": decay, "weight_decay": weight_decay}]
 
@@ -55,8 +59,8 @@ def tuning_param_groups(model: nn.Module, cfg: TuneConfig, depth: int) -> list[d
     "second half"), the final norm and the head; `cfg.full` tunes every block and the
     embeddings. The rest gets requires_grad False, so no gradient is computed for it (the
     release meant to do this but wrote `required_grad`). Block i gets lr
-    cfg.lr * cfg.layer_decay ** (depth - i); norm and head cfg.lr; no weight decay on biases,
-    norms and position embeddings. Each group carries `lr_scale` (its lr / cfg.lr, which
+    cfg.lr * cfg.layer_decay ** (depth - i); norm and head cfg.lr; weight decay
+    cfg.weight_decay except on the tensors `cfg.decay_exempt` names. Each group carries `lr_scale` (its lr / cfg.lr, which
     `pipeline.training.loop.fit` multiplies by the scheduled lr), `layer`, `head` and `names`.
     """
     n_tuned = depth if cfg.full else (depth // 2 if cfg.tuned_blocks < 0 else cfg.tuned_blocks)
@@ -69,7 +73,7 @@ def tuning_param_groups(model: nn.Module, cfg: TuneConfig, depth: int) -> list[d
         if not tuned:
             continue
         is_head = name.startswith("head.")
-        no_decay = p.ndim <= 1 or name.endswith((".bias", "pos_embed", "temp_embed"))
+        no_decay = decay_exempt(name, p, cfg.decay_exempt)
         key = (layer, is_head, no_decay)
         if key not in groups:
             scale = cfg.layer_decay ** (depth + 1 - layer)

@@ -4,7 +4,7 @@ probe. It runs alone or under `torchrun` (see `pipeline.core.launch`) without ch
 Usage::
 
     cfg = LoopConfig(epochs=20, lr=1e-3, min_lr=5e-4, warmup_epochs=2, betas=(0.9, 0.95))
-    history = fit(model, step_fn, decay_groups(model, 0.05, skip={"pos_embed"}),
+    history = fit(model, step_fn, decay_groups(model, 0.05),
                   loader_factory, cfg, ckpt_dir=Path("models/pretrain"), kind="mamp",
                   config=to_dict(params), fingerprint=fp, tracker=tracker)
 
@@ -70,7 +70,8 @@ class LoopConfig:
     optimizer: Literal["adamw", "sgd"] = "adamw"
     betas: tuple[float, float] = (0.9, 0.999)   # AdamW
     momentum: float = 0.9                       # SGD
-    clip_grad: float = 0.0                      # max global grad norm; 0 disables
+    clip_grad: float = 0.0                      # max grad norm; 0 disables
+    clip_mode: Literal["global", "per_tensor"] = "global"   # see clip_gradients
     seed: int = 0
     compile: bool = False
     find_unused_parameters: bool = False        # DDP; only for models that skip parameters
@@ -90,6 +91,19 @@ def lr_at(epoch: float, cfg: LoopConfig) -> float:
     progress = (epoch - cfg.warmup_epochs) / max(cfg.epochs - cfg.warmup_epochs, 1e-12)
     return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
+
+
+@torch.no_grad()
+def clip_gradients(params: Sequence[torch.Tensor], max_norm: float, mode: str) -> None:
+    """"global": scale all gradients together to norm <= max_norm (torch's clip_grad_norm_);
+    "per_tensor": each tensor's own, g *= max_norm / (||g|| + 1e-6) where that is < 1 (the
+    STARS release's clip_gradients)."""
+    if mode == "global":
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    for p in params:
+        if p.grad is not None:   # a factor >= 1 becomes exactly 1: no host sync per tensor
+            p.grad.mul_((max_norm / (p.grad.norm() + 1e-6)).clamp(max=1.0))
 
 
 def autocast(device: torch.device | str, precision: str) -> torch.autocast:
@@ -318,7 +332,7 @@ def _train_one_epoch(model: nn.Module, step_fn: StepFn, loader: Iterable,
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip_grad > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+            clip_gradients(params, cfg.clip_grad, cfg.clip_mode)
         optimizer.step()
 
         keys = ["loss", *logs]

@@ -12,13 +12,26 @@ ROOT = Path(__file__).resolve().parents[2]
 BASE = yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
-def test_every_paper_benchmark_has_a_preset():
-    assert set(available()) == {"ntu60-xsub", "ntu60-xview", "ntu120-xsub", "ntu120-xset",
-                                "pku2-xsub"}
+MERGED = ["ntu60-xsub", "ntu60-xview", "ntu120-xsub", "ntu120-xset", "pku2-xsub"]
 
 
-@pytest.mark.parametrize("name", ["ntu60-xsub", "ntu60-xview", "ntu120-xsub", "ntu120-xset",
-                                  "pku2-xsub"])
+def test_every_paper_benchmark_has_a_single_and_a_two_stage_preset():
+    assert set(available()) == {*MERGED, *(f"{m}-twostage" for m in MERGED)}
+
+
+@pytest.mark.parametrize("name", MERGED)
+def test_two_stage_preset_is_the_single_stage_one_plus_20_head_epochs(name):
+    merged, two = load_preset(name, BASE), load_preset(f"{name}-twostage", BASE)
+    assert two == {**merged, "tune.epochs": 30, "tune.head_warmup_epochs": 20}
+
+
+def test_probe_lr_and_batch_are_the_release_linprobe_configs():
+    assert {n: (load_preset(n, BASE)["eval.probe_lr"], load_preset(n, BASE)["eval.probe_batch_size"])
+            for n in ("ntu60-xsub", "pku2-xsub")} == {"ntu60-xsub": (0.1, 256),
+                                                      "pku2-xsub": (0.01, 32)}
+
+
+@pytest.mark.parametrize("name", available())
 def test_preset_is_paper_size_and_valid(name):
     over = load_preset(name, BASE)
     assert (over["model.depth"], over["model.dim"], over["model.frames"]) == (8, 256, 120)

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
+from pipeline.__main__ import main
 from pipeline.cli.weights import export_mamp, export_stars, import_weights
 from pipeline.core.config import ModelConfig, TuneConfig
 from pipeline.core.errors import UserError
@@ -18,6 +20,7 @@ from pipeline.models.encoder import Encoder
 from pipeline.models.mamp import MAMP
 from pipeline.models.stars import STARS
 from pipeline.training import checkpoint
+from tests.fidelity.golden import FIXTURES, ROOT, SMALL
 
 TINY = ModelConfig(depth=2, dim=16, heads=2, frames=8, t_patch=4, joints=5,
                    decoder_depth=1, decoder_dim=16, decoder_heads=2)
@@ -195,3 +198,17 @@ def test_wrong_format_and_unreadable_files_are_one_line_errors(tmp_path):
     with pytest.raises(UserError, match="garbage.pth: ") as err:
         import_weights("stars", garbage, tmp_path / "a.pt", TINY)
     assert "\n" not in str(err.value)
+
+
+def test_cli_imports_the_stars_repos_mamp_copy_saved_with_epoch_last(tmp_path, capsys):
+    """The STARS repository's MAMP saves `epoch: 'last'`; the CLI imports it (it used to
+    stop with a traceback) as a completed run of `args.epochs`."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["model"] = asdict(SMALL)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "mamp.pt"
+    argv = ["--params", str(params), "import-weights", "--format", "mamp",
+            str(FIXTURES / "mamp_release_epoch_last.pth"), str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert checkpoint.load(out)["epoch"] == 400

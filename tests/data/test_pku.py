@@ -71,7 +71,8 @@ def test_phase1_rows_become_centred_samples_in_store_and_dataset(tmp_path):
     a, b = video(rng, 60, actors=1), video(rng, 50, actors=2)
     write_video(tmp_path / "raw", "0002-L", a, "1,0,20,1\n51,20,60,2\n")  # xsub train
     write_video(tmp_path / "raw", "0291-M", b, "12,5,45,1\n")  # xsub test
-    m = convert_pku(cfg(tmp_path / "raw"), PreprocessConfig(workers=1), tmp_path / "store")
+    m = convert_pku(cfg(tmp_path / "raw"), PreprocessConfig(workers=1, pku_frames="ntu"),
+                    tmp_path / "store")
 
     store = Store.open(tmp_path / "store")
     idx = store.index
@@ -156,10 +157,24 @@ def test_nonfinite_actor_is_absent_empty_frames_dropped_and_counted(tmp_path):
     frames[3, 1, 4] = np.nan  # actor 2 in frame 3
     frames[10:12] = 0.0  # nobody in frames 10, 11
     write_video(tmp_path / "raw", "0002-L", frames, "2,0,30,1\n")
-    m = convert_pku(cfg(tmp_path / "raw"), PreprocessConfig(), tmp_path / "store")
+    m = convert_pku(cfg(tmp_path / "raw"), PreprocessConfig(pku_frames="ntu"),
+                    tmp_path / "store")
     sample = Store.open(tmp_path / "store").sample(0)
     assert len(sample) == 28 and m["empty_frames"] == 2 and m["nan_frames"] == 1
     assert (sample[3, 1] == 0).all() and (sample[3, 0] != 0).any()
+
+
+def test_default_samples_are_mamps_zero_frames_kept_uncentred_valid_count_from_the_start(
+        tmp_path):
+    rng = np.random.default_rng(3)
+    frames = video(rng, 330, actors=2)
+    frames[10:12] = 0.0  # nobody in frames 10, 11: kept in place
+    write_video(tmp_path / "raw", "0002-L", frames, "2,0,330,1\n")
+    m = convert_pku(cfg(tmp_path / "raw"), PreprocessConfig(), tmp_path / "store")
+    sample = Store.open(tmp_path / "store").sample(0)
+    # the first 300 frames hold 298 non-zero ones: MAMP's feeder reads frames 0..297
+    np.testing.assert_allclose(sample, frames[:298], atol=1e-6)   # 6 decimals in the file
+    assert not sample[10:12].any() and m["empty_frames"] == 330 - 298
 
 
 def test_centre_uses_first_frame_where_actor1_is_present():

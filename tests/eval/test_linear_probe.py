@@ -62,9 +62,31 @@ def test_same_seed_same_result():
     assert a["curve"] == b["curve"]
 
 
-def test_head_is_batchnorm_without_affine_then_linear():
-    probe = LinearProbe(16, 5)
-    assert not probe.bn.affine and probe.fc.in_features == 16 and probe.fc.out_features == 5
+def test_head_is_batchnorm_without_affine_then_linear_initialised_as_the_release():
+    torch.manual_seed(0)
+    probe = LinearProbe(256, 60)
+    assert not probe.bn.affine and probe.bn.eps == 1e-6
+    assert probe.fc.in_features == 256 and probe.fc.out_features == 60
+    w = probe.fc.weight
+    # trunc_normal_(std=0.01) with the release's bounds +-2 (absolute, not in std units)
+    assert abs(w.std().item() - 0.01) < 5e-4 and abs(w.mean().item()) < 5e-4
+    assert not probe.fc.bias.any()
+
+
+@pytest.mark.parametrize("on_test", [False, True])
+def test_selection_reports_the_first_epoch_best_on_the_selection_set(on_test):
+    train_f, train_y = gaussian_clusters(6, 300, spread=5.0, seed=0)
+    test_f, test_y = gaussian_clusters(6, 200, spread=5.0, seed=1)
+    val_f, val_y = gaussian_clusters(6, 100, spread=5.0, seed=2)
+    cfg = EvalConfig(probe_epochs=6, probe_batch_size=32, probe_lr=1.0)
+    select = (test_f, test_y) if on_test else (val_f, val_y)
+    r = probe_cached(train_f, train_y, test_f, test_y, cfg, select=select)
+    picked = [c["select_top1"] for c in r["curve"]]
+    assert r["epoch"] == int(np.argmax(picked))
+    if on_test:   # the release's reporting: the maximum of the test curve
+        assert r["top1"] == pytest.approx(max(picked))
+    last = probe_cached(train_f, train_y, test_f, test_y, cfg)
+    assert last["epoch"] == cfg.probe_epochs - 1 and "select_top1" not in last["curve"][0]
 
 
 def test_test_class_missing_from_train_is_a_data_error():

@@ -20,6 +20,7 @@ from pipeline.models.stars import (
     STARS,
     GlobalBatchNorm1d,
     NNQueue,
+    STARSHead,
     nnclr_loss,
 )
 from pipeline.training.groups import set_head_only, tuning_param_groups
@@ -45,22 +46,23 @@ def tiny_batch(n: int = 8, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_nearest_is_never_the_sample_itself_even_with_several_copies_queued():
-    q = NNQueue(size=8, dim=4)
+    q = NNQueue(size=5, dim=4)
     me = F.normalize(torch.tensor([[1.0, 0.0, 0.0, 0.0]]), dim=1)
     other = F.normalize(torch.tensor([[0.2, 1.0, 0.0, 0.0]]), dim=1)    # far from `me`
     far = F.normalize(torch.tensor([[-1.0, 0.0, 0.3, 0.0]]), dim=1)
     q.enqueue(torch.cat([me, me, other, me, far]), torch.tensor([7, 7, 3, 7, 4]))
-    assert torch.equal(q.nearest(me, torch.tensor([7])), other)
+    assert q.nearest(me, torch.tensor([7])).tolist() == [2]                 # `other`
     # another sample close to `me` may use the copies of sample 7
-    assert torch.equal(q.nearest(me, torch.tensor([5])), me)
+    assert torch.equal(q.queue[q.nearest(me, torch.tensor([5]))], me)
 
 
-def test_nearest_prefers_any_filled_slot_over_the_random_initial_ones():
-    q = NNQueue(size=64, dim=4, seed=3)
-    z = q.queue[:1].clone()                     # identical to an initial random entry (id -1)
-    filled = F.normalize(-z, dim=1)             # the least similar vector possible
-    q.enqueue(filled, torch.tensor([1]))
-    assert torch.equal(q.nearest(z, torch.tensor([0])), filled)
+@pytest.mark.parametrize("empty_last", [False, True])
+def test_random_initial_slots_compete_unless_ranked_last(empty_last):
+    q = NNQueue(size=64, dim=4, seed=3, empty_last=empty_last)
+    z = q.queue[5:6].clone()                    # identical to an initial random entry (id -1)
+    q.enqueue(-z, torch.tensor([1]))            # slot 0: the least similar vector possible
+    # the release (default) picks the random twin in slot 5; empty_last the one filled slot
+    assert q.nearest(z, torch.tensor([0])).tolist() == [0 if empty_last else 5]
 
 
 def test_empty_queue_serves_its_random_initial_entries_as_in_the_release():
@@ -68,8 +70,7 @@ def test_empty_queue_serves_its_random_initial_entries_as_in_the_release():
     assert torch.allclose(q.queue.norm(dim=1), torch.ones(16))
     assert (q.queue_id == -1).all() and int(q.queue_ptr) == 0
     z = F.normalize(torch.randn(3, 4), dim=1)
-    expected = q.queue[(z @ q.queue.T).argmax(dim=1)]
-    assert torch.equal(q.nearest(z, torch.arange(3)), expected)
+    assert torch.equal(q.nearest(z, torch.arange(3)), (z @ q.queue.T).argmax(dim=1))
     # the same seed gives the same queue on every process, without a broadcast
     assert torch.equal(NNQueue(16, 4, seed=0).queue, q.queue)
 
@@ -123,6 +124,29 @@ def test_global_batchnorm_equals_batchnorm1d_in_one_process():
     assert torch.equal(ours.running_var, ref.running_var)
 
 
+def test_global_batchnorm_updates_2_steps_statistics_as_two_forwards_and_outputs_one():
+    torch.manual_seed(0)
+    ours, ref = GlobalBatchNorm1d(6), nn.BatchNorm1d(6)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(10, 6)
+    y = ours(x, updates=2)
+    assert torch.equal(y, ref(x))
+    ref(x)
+    assert int(ours.num_batches_tracked) == int(ref.num_batches_tracked) == 2
+    torch.testing.assert_close(ours.running_mean, ref.running_mean, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ours.running_var, ref.running_var, rtol=0, atol=1e-6)
+
+
+def test_head_init_is_the_releases_weights_init():
+    torch.manual_seed(0)
+    head = STARSHead(64, 4096)
+    fc1, bn, _, fc2 = head.predictor
+    for w, mean in ((fc1.weight, 0.0), (fc2.weight, 0.0), (bn.weight, 1.0),
+                    (head.projector[0].weight, 1.0)):
+        assert abs(w.mean().item() - mean) < 2e-3 and abs(w.std().item() - 0.02) < 1e-3
+    assert not fc2.bias.any() and not bn.bias.any() and not head.projector[0].bias.any()
+
+
 def test_loss_is_cross_entropy_of_neighbours_against_all_predictions():
     nn_z = F.normalize(torch.randn(4, 8), dim=1)
     p = F.normalize(torch.randn(4, 8), dim=1)
@@ -150,6 +174,9 @@ def test_one_forward_equals_two_identical_views_in_loss_and_gradients():
         if a.grad is not None:
             assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-7), name
     assert torch.equal(one.queue.queue, two.queue.queue)
+    # the head's statistics step twice in both, as the release's two views do
+    for (name, a), b in zip(one.head.named_buffers(), two.head.buffers()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
 
 
 def test_only_view_0_is_enqueued_after_the_loss():
@@ -203,12 +230,15 @@ def test_tuned_blocks_and_full_choose_what_trains(tuned_blocks, full, first):
     assert trainable == set(lrs)
 
 
-def test_no_weight_decay_on_biases_norms_and_embeddings():
-    cfg = TuneConfig(queue_size=24, predictor_dim=32, full=True)
+@pytest.mark.parametrize("exempt", ["none", "bias_norm", "bias_norm_embed"])
+def test_weight_decay_spares_what_decay_exempt_names(exempt):
+    cfg = TuneConfig(queue_size=24, predictor_dim=32, full=True, decay_exempt=exempt)
     model = tiny_stars(cfg)
     for g in tuning_param_groups(model, cfg, MODEL.depth):
         for name, p in zip(g["names"], g["params"]):
-            no_decay = p.ndim == 1 or name in ("pos_embed", "temp_embed")
+            no_decay = exempt != "none" and (
+                p.ndim == 1 or (exempt == "bias_norm_embed" and name in ("pos_embed",
+                                                                         "temp_embed")))
             assert g["weight_decay"] == (0.0 if no_decay else cfg.weight_decay), name
 
 

@@ -18,6 +18,7 @@ from pipeline.training.loop import (
     LoopConfig,
     TrainingDiverged,
     build_optimizer,
+    clip_gradients,
     fit,
     lr_at,
     seed_everything,
@@ -109,11 +110,27 @@ def test_frozen_parameters_are_not_given_to_the_optimizer(tmp_path):
     assert len(checkpoint.load(tmp_path / "last.pt")["optimizer"]["state"]) == 4
 
 
-def test_param_groups_skip_names_get_no_weight_decay():
+@pytest.mark.parametrize("exempt, spared", [("none", set()),
+                                            ("bias_norm", {"0.bias", "1.weight", "1.bias", "3.bias"})])
+def test_param_groups_spare_what_decay_exempt_names(exempt, spared):
     model = tiny_model()
-    groups = decay_groups(model, 0.05, skip={"0.weight"})
-    assert {tuple(p.shape) for p in groups[0]["params"]} >= {(16, 6)}
+    groups = decay_groups(model, 0.05, exempt)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in groups[0]["params"]} == spared
     assert groups[0]["weight_decay"] == 0.0 and groups[1]["weight_decay"] == 0.05
+
+
+@pytest.mark.parametrize("mode", ["per_tensor", "global"])
+def test_clip_modes_scale_each_tensor_or_all_together(mode):
+    a, b = torch.zeros(3, requires_grad=True), torch.zeros(2, requires_grad=True)
+    a.grad, b.grad = torch.tensor([3.0, 4.0, 0.0]), torch.tensor([0.3, 0.4])   # norms 5, 0.5
+    clip_gradients([a, b], 1.0, mode)
+    if mode == "per_tensor":   # the release: g * 1 / (5 + 1e-6); b is under the limit
+        torch.testing.assert_close(a.grad, torch.tensor([3.0, 4.0, 0.0]) / (5 + 1e-6))
+        assert torch.equal(b.grad, torch.tensor([0.3, 0.4]))
+    else:                      # one factor from the norm of both: sqrt(25.25)
+        scale = 1.0 / (25.25 ** 0.5 + 1e-6)
+        torch.testing.assert_close(b.grad, torch.tensor([0.3, 0.4]) * scale)
 
 
 def test_history_has_one_entry_per_epoch_with_loss_lr_speed(tmp_path):
