@@ -8,12 +8,14 @@ Usage (stages/evaluate.py)::
 Per checkpoint: test-transform features of four parts of the store (base-class train and
 test splits, novel-class train and test splits), cached in `features_dir/<model>_<part>.npz`
 and reused only while checkpoint, store and model params are unchanged; then kNN (bank =
-train, queries = test), the linear probe (`eval.probe_mode`), few-shot when the store has
-novel classes (the release's kNN: bank = novel train, queries = novel test; episodes over
-all novel samples of both splits) and cluster quality of the test features.
+train, queries = test), the linear probe (`eval.probe_mode`), few-shot (the release's kNN:
+bank = novel train, queries = novel test; episodes over all novel samples of both splits)
+and cluster quality of the test features. Few-shot is never silently off: with
+`eval.fewshot: true` a store without novel classes fails before any work (params are checked
+the same way when loaded); with `false` the novel parts are skipped and the metrics say so.
 
 Outputs: `metrics_path` = {"mamp": {...}, "stars": {...}, "delta": {stars - mamp},
-"probe_mode", "chance"} with the same flat keys for both models; DVC plots
+"probe_mode", "chance", "fewshot": {"enabled", "reason"}} with the same flat keys for both models; DVC plots
 `plots_dir/<model>_{confusion,per_class,probe_curve}.csv`; the same numbers to the tracker.
 """
 
@@ -30,6 +32,7 @@ from pipeline.core import dist
 from pipeline.core.config import EvalConfig, Params, to_dict
 from pipeline.core.errors import UserError
 from pipeline.core.io import atomic_write_json, atomic_write_text, file_sha256
+from pipeline.core.tracking import Prefixed
 from pipeline.data.dataset import SkeletonDataset
 from pipeline.data.store import Store
 from pipeline.data.transforms import TestTransform, TrainTransform
@@ -45,6 +48,26 @@ MODELS = ("mamp", "stars")
 PARTS = {"train": ("train", False), "test": ("test", False),
          "novel_train": ("train", True), "novel_test": ("test", True)}
 Features = tuple[np.ndarray, np.ndarray, np.ndarray]   # feats (N, D), labels, store rows
+_NONE: Features = (np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+
+def fewshot_status(params: Params, store: Store) -> dict[str, Any]:
+    """{"enabled", "reason"}; raises UserError (before any work) when few-shot is on and the
+    store has no novel-class samples."""
+    if not params.eval.fewshot:
+        d = params.data
+        why = ("synth.novel_classes is 0" if d.source == "synthetic" and not
+               params.synth.novel_classes else
+               "data.novel_dir (the NTU-120 files of the novel classes) is not set"
+               if d.source == "ntu60" and not d.novel_dir else
+               f"data.source {d.source} holds no classes unseen in pretraining"
+               if d.source not in ("synthetic", "ntu60") else "switched off")
+        return {"enabled": False, "reason": f"eval.fewshot: off; {why}"}
+    if not len(store.select(novel=True)):
+        raise UserError(f"eval.fewshot needs novel classes: {store.dir} has none; set "
+                        f"data.novel_dir to the NTU-120 .skeleton folder (and rerun "
+                        f"preprocess), or eval.fewshot: off")
+    return {"enabled": True, "reason": f"{len(store.select(novel=True))} novel-class samples"}
 
 
 def model_features(params: Params, store: Store, ckpt: Path, name: str, features_dir: Path,
@@ -53,6 +76,8 @@ def model_features(params: Params, store: Store, ckpt: Path, name: str, features
     ckpt_sha = file_sha256(ckpt)
     parts, encoder = {}, None
     for part, (split, novel) in PARTS.items():
+        if novel and not params.eval.fewshot:
+            continue
         rows = store.select(split=split, novel=novel)
         key = json.dumps({"checkpoint": ckpt_sha, "store": store.meta.get("fingerprint"),
                           "part": part, "model": to_dict(params.model)}, sort_keys=True)
@@ -84,7 +109,7 @@ def linear_probe(params: Params, store: Store, feats: dict[str, Features], ckpt:
     return probe_paper(load_encoder(ckpt, params.model), dataset, train_y, test_f, test_y, cfg,
                        ckpt_dir=features_dir / f"probe_{name}", config=config,
                        fingerprint=checkpoint.fingerprint(store.meta["fingerprint"], config),
-                       tracker=_Prefixed(tracker, f"{name}/probe/"),
+                       tracker=Prefixed(tracker, f"{name}/probe/"),
                        workers=cfg.loader_workers)
 
 
@@ -96,7 +121,8 @@ def protocol_metrics(feats: dict[str, Features], probe: dict[str, Any], cfg: Eva
            knn_accuracy(train_f, train_y, test_f, test_y, cfg.knn_k, device).items()}
     out.update({"linear_top1": probe["top1"], "linear_top5": probe["top5"],
                 "linear_mean_class_acc": probe["mean_class_acc"]})
-    (nb_f, nb_y, _), (nq_f, nq_y, _) = feats["novel_train"], feats["novel_test"]
+    (nb_f, nb_y, _), (nq_f, nq_y, _) = feats.get("novel_train", _NONE), feats.get("novel_test",
+                                                                                  _NONE)
     if len(nb_y) and len(nq_y):
         out.update({f"fewshot_knn_k{k}": acc for k, acc in
                     release_fewshot(nb_f, nb_y, nq_f, nq_y, cfg.fewshot_knn_k, device).items()})
@@ -144,16 +170,6 @@ def write_plots(plots_dir: Path, name: str, probe: dict[str, Any], test_labels: 
     return paths
 
 
-class _Prefixed:
-    """A tracker whose metric names get a prefix (both models' probe curves share a run)."""
-
-    def __init__(self, tracker: Any, prefix: str):
-        self.tracker, self.prefix = tracker, prefix
-
-    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
-        self.tracker.log_metrics({self.prefix + k: v for k, v in metrics.items()}, step=step)
-
-
 def run_evaluate(params: Params, store_dir: str | Path, mamp_ckpt: str | Path,
                  stars_ckpt: str | Path, features_dir: str | Path, metrics_path: str | Path,
                  plots_dir: str | Path, tracker: Any) -> dict[str, Any]:
@@ -163,6 +179,7 @@ def run_evaluate(params: Params, store_dir: str | Path, mamp_ckpt: str | Path,
             raise UserError(f"{ckpt}: checkpoint not found; run the stage that writes it "
                             "(dvc repro pretrain / tune) or import published weights")
     store = Store.open(store_dir)
+    fewshot = fewshot_status(params, store)
     features_dir, plots_dir = Path(features_dir), Path(plots_dir)
     class_names = list(store.meta.get("class_names", []))
     per_model, plot_files, chance = {}, [], 0.0
@@ -172,7 +189,7 @@ def run_evaluate(params: Params, store_dir: str | Path, mamp_ckpt: str | Path,
         per_model[name] = protocol_metrics(feats, probe, params.eval, dist.device())
         plot_files += write_plots(plots_dir, name, probe, feats["test"][1], class_names)
         chance = 1.0 / len(probe["classes"])
-    metrics = compare(per_model, params.eval.probe_mode, chance)
+    metrics = {**compare(per_model, params.eval.probe_mode, chance), "fewshot": fewshot}
     atomic_write_json(metrics_path, metrics)
 
     tracker.log_metrics({f"{group}/{k}": v for group in (*MODELS, "delta")

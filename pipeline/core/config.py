@@ -94,6 +94,9 @@ class ModelConfig:
     decoder_depth: int = _spec(2, ge=1)
     decoder_dim: int = _spec(64, ge=8)
     decoder_heads: int = _spec(4, ge=1)
+    drop_path: float = _spec(0.0, ge=0, lt=1, help="stochastic depth of the last block, rising "
+                             "linearly from 0 at the first; 0 (the release's pretraining and "
+                             "tuning) builds no drop-path layer at all")
 
 
 @dataclass(frozen=True)
@@ -158,9 +161,63 @@ class EvalConfig:
     fewshot_episodes: int = _spec(600, ge=1)
     fewshot_queries: int = _spec(15, ge=1, help="query samples per class per episode")
     fewshot_knn_k: list[int] = _spec([1, 2, 5], ge=1, help="k of the release's few-shot kNN")
+    fewshot: bool = _spec(True, help="few-shot on the novel classes; true needs novel classes "
+                                     "(checked before any work), false says it is off")
     seed: int = _spec(0, ge=0)
     batch_size: int = _spec(256, ge=1, help="feature extraction batch size")
     loader_workers: int = _spec(0, ge=0, help="data loader processes for feature extraction")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """End-to-end fine-tuning of encoder + classification head (stage `finetune`), MAMP's
+    `main_finetune.py` recipe, under three protocols: `full` (the labelled train split),
+    `semi` (class-stratified `label_fractions` of it, one run per subset seed) and `transfer`
+    (the `transfer` group's target dataset). Both the MAMP and the STARS checkpoints."""
+
+    protocols: list[Literal["full", "semi", "transfer"]] = _spec(["full", "semi", "transfer"])
+    epochs: int = _spec(4, ge=1, help="release: 100")
+    warmup_epochs: int = _spec(1, ge=0, help="release: 5")
+    batch_size: int = _spec(16, ge=2, help="global batch (release: 24 per GPU x 2 GPUs)")
+    lr: float = _spec(1e-3, gt=0, help="release: 3e-4 at batch 48")
+    min_lr: float = _spec(1e-5, ge=0, help="where the cosine ends")
+    weight_decay: float = _spec(0.05, ge=0)
+    layer_decay: float = _spec(0.8, gt=0, le=1, help="block i gets lr x decay^(depth - i)")
+    drop_path: float = _spec(0.3, ge=0, lt=1, help="the encoder's stochastic depth here "
+                                                   "(model.drop_path for this stage only)")
+    head_dropout: float = _spec(0.3, ge=0, lt=1, help="dropout on the tokens before pooling")
+    head_hidden: int = _spec(256, ge=1, help="hidden width of the head's MLP (release: 2048)")
+    label_smoothing: float = _spec(0.1, ge=0, lt=1)
+    clip_grad: float = _spec(0.0, ge=0, help="max grad norm; 0 disables (the release)")
+    label_fractions: list[float] = _spec([0.05, 0.2], gt=0, le=1, help="labelled fractions "
+                                         "of the semi protocol (release: 0.01, 0.1)")
+    seeds: list[int] = _spec([0, 1], ge=0, help="one semi run per subset seed (release: 5 runs)")
+    seed: int = _spec(0, ge=0)
+    compile: bool = False
+    loader_workers: int = _spec(1, ge=0)
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """The transfer protocol's target: a second data source with its own classes, raw folder,
+    store and splits (fields as in `data`). The default is a synthetic dataset written in
+    the PKU-MMD II layout by stage `synthesize_target`, sized by the `synth_*` keys."""
+
+    source: Literal["pku2", "pku1", "ntu60", "ntu120", "npz", "pyskl"] = "pku2"
+    benchmark: Literal["xsub", "xview", "xset"] = "xsub"
+    raw_dir: str = _spec("data/raw/synthetic_pku", help="the target's raw folder or file")
+    pku_split_dir: str = _spec("", help="folder with the PKU-MMD split files (default raw_dir)")
+    processed_dir: str = "data/processed_transfer"
+    synth_classes: int = _spec(12, ge=2, le=30, help="synthetic target: action classes")
+    synth_performers: int = _spec(9, ge=2, help="synthetic target: performers (videos each)")
+    synth_videos: int = _spec(1, ge=1, help="synthetic target: videos per performer and view")
+    synth_seed: int = _spec(1, ge=0, help="synthetic target: seed (performers, cameras)")
+
+    def as_data(self) -> DataConfig:
+        """The target as a `data` group, for the preprocess code."""
+        return DataConfig(source=self.source, benchmark=self.benchmark, raw_dir=self.raw_dir,
+                          novel_dir="", pku_split_dir=self.pku_split_dir,
+                          processed_dir=self.processed_dir)
 
 
 @dataclass(frozen=True)
@@ -203,6 +260,8 @@ class Params:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     dist: DistConfig = field(default_factory=DistConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -312,14 +371,16 @@ def _cross_check(p: Params) -> None:
     if p.tune.tuned_blocks > m.depth:
         raise ConfigError(f"tune.tuned_blocks: {p.tune.tuned_blocks} is invalid: "
                           f"must be <= model.depth ({m.depth}) or -1")
-    if p.pretrain.min_lr > p.pretrain.lr:
-        raise ConfigError(f"pretrain.min_lr: {p.pretrain.min_lr} is invalid: "
-                          f"must be <= pretrain.lr ({p.pretrain.lr})")
+    for group in ("pretrain", "finetune"):
+        g = getattr(p, group)
+        if g.min_lr > g.lr:
+            raise ConfigError(f"{group}.min_lr: {g.min_lr} is invalid: "
+                              f"must be <= {group}.lr ({g.lr})")
     if p.synth.min_frames > p.synth.max_frames:
         raise ConfigError(f"synth.min_frames: {p.synth.min_frames} is invalid: "
                           f"must be <= synth.max_frames ({p.synth.max_frames})")
     world = p.dist.nproc * p.dist.nnodes
-    for group in ("pretrain", "tune"):
+    for group in ("pretrain", "tune", "finetune"):
         bs = getattr(p, group).batch_size
         if bs % world:
             raise ConfigError(f"{group}.batch_size: {bs} is invalid: must be divisible by "
@@ -330,10 +391,28 @@ def _cross_check(p: Params) -> None:
     benchmarks = {"synthetic": ("xsub", "xview"), "ntu60": ("xsub", "xview"),
                   "ntu120": ("xsub", "xset"), "pku1": ("xsub", "xview"),
                   "pku2": ("xsub", "xview")}
-    allowed = benchmarks.get(p.data.source)
-    if allowed and p.data.benchmark not in allowed:
-        raise ConfigError(f"data.benchmark: {p.data.benchmark!r} is invalid for data.source "
-                          f"{p.data.source!r}: must be one of {', '.join(allowed)}")
+    for group in ("data", "transfer"):
+        g = getattr(p, group)
+        allowed = benchmarks.get(g.source)
+        if allowed and g.benchmark not in allowed:
+            raise ConfigError(f"{group}.benchmark: {g.benchmark!r} is invalid for "
+                              f"{group}.source {g.source!r}: must be one of {', '.join(allowed)}")
+    if p.eval.fewshot:
+        _check_novel_classes(p)
+
+
+def _check_novel_classes(p: Params) -> None:
+    """Few-shot is never silently off: without novel classes it must be switched off."""
+    if p.data.source == "synthetic" and p.synth.novel_classes == 0:
+        raise ConfigError("eval.fewshot needs novel classes: set synth.novel_classes >= 1, "
+                          "or eval.fewshot: off")
+    if p.data.source == "ntu60" and not p.data.novel_dir:
+        raise ConfigError("eval.fewshot needs novel classes: set data.novel_dir to the "
+                          "NTU-120 .skeleton folder, or eval.fewshot: off")
+    if p.data.source not in ("synthetic", "ntu60"):
+        raise ConfigError(f"eval.fewshot needs novel classes, and data.source "
+                          f"{p.data.source!r} has none: use data.source ntu60 with "
+                          f"data.novel_dir, or eval.fewshot: off")
 
 
 def parse_params(raw: dict) -> Params:
