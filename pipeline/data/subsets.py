@@ -26,7 +26,7 @@ def stratified_subset(rows: np.ndarray, labels: np.ndarray, fraction: float,
         raise ValueError(f"fraction {fraction} outside (0, 1]")
     picked = []
     for c in np.unique(labels):
-        members = rows[labels == c]
+        members = np.sort(rows[labels == c])   # the subset ignores the order of `rows`
         k = min(max(round(fraction * len(members)), 1), len(members))
         rng = np.random.default_rng([seed, int(c)])
         picked.append(rng.choice(members, size=k, replace=False))
