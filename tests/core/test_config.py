@@ -83,8 +83,8 @@ def test_config_is_frozen():
 
 
 @pytest.mark.parametrize("data, synth, message", [
-    ({"source": "ntu60"}, {}, "eval.fewshot needs novel classes: set data.novel_dir to the "
-                              "NTU-120 .skeleton folder, or eval.fewshot: off"),
+    ({"source": "ntu60"}, {}, ("eval.fewshot needs novel classes: set data.novel_dir to the "
+                               "NTU-120 .skeleton folder, or eval.fewshot: off")),
     ({"source": "ntu120", "benchmark": "xset"}, {},
      "eval.fewshot needs novel classes, and data.source 'ntu120' has none"),
     ({"source": "pku2"}, {}, "eval.fewshot needs novel classes, and data.source 'pku2'"),

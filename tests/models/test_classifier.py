@@ -18,7 +18,7 @@ def test_head_keeps_joints_apart_and_averages_time_and_actors():
     torch.manual_seed(0)
     model = Classifier(TINY, num_classes=7, dropout=0.0, hidden=32).eval()
     assert model.head.fc1.in_features == 5 * 16                       # V * D, as the release
-    assert set(k for k in model.state_dict() if k.startswith("head.")) == {
+    assert {k for k in model.state_dict() if k.startswith("head.")} == {
         f"head.{m}.{p}" for m in ("fc1", "fc2") for p in ("weight", "bias")} | {
         f"head.bn.{p}" for p in ("weight", "bias", "running_mean", "running_var",
                                  "num_batches_tracked")}
