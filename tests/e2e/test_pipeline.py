@@ -1,7 +1,7 @@
 """The whole DVC pipeline on a tiny synthetic configuration: real DVC, real MLflow, real torch.
 
 Runs `dvc repro` in a fresh git+DVC copy of the project, then `dvc exp run -S tune.epochs=2`
-and checks that only tune and what depends on it re-ran.
+and checks that only tune and what depends on it (evaluate, finetune, report) re-ran.
 """
 
 import json
@@ -24,6 +24,9 @@ TINY = {
     "tune": {"epochs": 1, "batch_size": 8, "queue_size": 64, "predictor_dim": 32,
              "loader_workers": 0, "val_fraction": 0.2},
     "eval": {"probe_epochs": 3, "fewshot_episodes": 20, "fewshot_queries": 2, "batch_size": 32},
+    "finetune": {"epochs": 1, "batch_size": 8, "head_hidden": 16, "loader_workers": 0,
+                 "label_fractions": [0.5, 1.0], "seeds": [0, 1]},
+    "transfer": {"synth_classes": 3, "synth_performers": 3},
     "report": {"tsne_per_class": 3, "stick_samples": 2},
 }
 
@@ -67,12 +70,20 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
 def test_repro_writes_every_stage_output(project):
     repo, _ = project
     for path in ("metrics/preprocess.json", "metrics/pretrain.json", "metrics/tune.json",
-                 "metrics/evaluate.json", "models/pretrain/last.pt", "models/tune/last.pt",
+                 "metrics/evaluate.json", "metrics/finetune.json", "metrics/preprocess_target.json",
+                 "models/pretrain/last.pt", "models/tune/last.pt",
+                 "models/finetune/stars/transfer/last.pt",
                  "reports/report.html", "reports/report.md", "plots/tune/curves.csv"):
         assert (repo / path).is_file(), path
     ev = json.loads((repo / "metrics/evaluate.json").read_text())
     assert set(ev["mamp"]) == set(ev["stars"])
     assert set(ev["delta"]) <= set(ev["mamp"])
+    ft = json.loads((repo / "metrics/finetune.json").read_text())
+    for model in ("mamp", "stars"):
+        assert set(ft[model]) == {"full", "semi", "transfer"}
+        assert set(ft[model]["semi"]) == {"0.5", "1"}
+        assert set(ft[model]["semi"]["0.5"]["runs"]) == {"seed0", "seed1"}
+    assert ft["transfer_target"]["classes"] == 3       # read through the PKU-MMD reader
 
 
 @pytest.mark.slow
@@ -84,7 +95,8 @@ def test_each_stage_logged_one_mlflow_run(project):
     exp = client.get_experiment_by_name("stars")
     runs = client.search_runs([exp.experiment_id])
     stages = sorted(r.data.tags["stage"] for r in runs)
-    assert stages == ["evaluate", "preprocess", "pretrain", "report", "synthesize", "tune"]
+    assert stages == ["evaluate", "finetune", "preprocess", "preprocess_target", "pretrain",
+                      "report", "synthesize", "synthesize_target", "tune"]
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
@@ -93,7 +105,7 @@ def test_exp_run_with_new_tune_epochs_reruns_only_tune_and_downstream(project):
     repo, env = project
     out = _run([sys.executable, "-m", "dvc", "exp", "run", "-S", "tune.epochs=2"], repo, env)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"tune", "evaluate", "report"}
+    assert ran == {"tune", "evaluate", "finetune", "report"}
     tune = json.loads((repo / "metrics/tune.json").read_text())
     assert tune["epochs"] == 2 and len(tune["val_knn_curve"]) == 2
     shown = _run([sys.executable, "-m", "dvc", "exp", "show", "--json"], repo, env)
