@@ -24,8 +24,8 @@ import numpy as np
 
 from benchmarks.common import children_peak_rss_mb, peak_rss_mb
 from pipeline.core.config import DataConfig, PreprocessConfig, SynthConfig
-from pipeline.data.synthetic import synth
 from pipeline.data.preprocess import preprocess as run_preprocess
+from pipeline.data.synthetic import synth
 from pipeline.data.synthetic.ntu_writer import format_skeleton
 
 NTU120_FILES = 114_480

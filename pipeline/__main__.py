@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import json
 import sys
-import typing
 from pathlib import Path
 
 from pipeline.core.config import SynthConfig, load_params, parse_params
@@ -20,11 +19,10 @@ from pipeline.core.errors import cli_exit_code
 
 def _add_synth_overrides(parser: argparse.ArgumentParser) -> None:
     """One optional flag per SynthConfig field (default: params.yaml's `synth` group)."""
-    hints = typing.get_type_hints(SynthConfig)
-    for f in dataclasses.fields(SynthConfig):
-        flag = "--" + f.name.replace("_", "-")
-        parser.add_argument(flag, dest=f"synth_{f.name}", type=hints[f.name], default=None,
-                            help=f.metadata.get("help") or f"default: params.yaml synth.{f.name}")
+    for name, field in SynthConfig.__pydantic_fields__.items():
+        parser.add_argument("--" + name.replace("_", "-"), dest=f"synth_{name}",
+                            type=field.annotation, default=None,
+                            help=field.description or f"default: params.yaml synth.{name}")
 
 
 def cmd_synth(args: argparse.Namespace) -> None:

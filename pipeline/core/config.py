@@ -1,4 +1,4 @@
-"""Typed, validated configuration: one frozen dataclass per `params.yaml` group.
+"""Typed, validated configuration: one frozen pydantic dataclass per `params.yaml` group.
 
 Usage::
 
@@ -8,196 +8,212 @@ Usage::
 
 Every stage reads its parameters only through this module. A bad value fails before any work
 with one line naming the key, the value and what is allowed, e.g.
-``tune.epochs: -1 is invalid: must be an integer >= 1``.
+``tune.epochs: -1 is invalid: must be an integer >= 1``. Groups are pydantic dataclasses, so
+`dataclasses.asdict` / `replace` / `fields` work on them and `replace` re-validates.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import ConfigDict, Field, ValidationError
+from pydantic.dataclasses import dataclass
 
 from pipeline.core.errors import ConfigError
 
+# Strict: no silent coercion ("3" is not 3, 2.5 is not an integer); unknown keys are errors.
+_STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
-def _spec(default: Any, *, ge: float | None = None, gt: float | None = None,
-          le: float | None = None, lt: float | None = None, help: str = "") -> Any:
-    """A dataclass field with numeric bounds checked by `_validate_value`."""
-    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "help": help}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
+Counts = list[Annotated[int, Field(ge=1)]]     # e.g. the k of kNN, shots per class
+
+
+def _counts(*default: int, description: str | None = None) -> Any:
+    """A non-empty list field with these default items (bounds come from the item type)."""
+    return Field(default_factory=lambda: list(default), min_length=1, description=description)
 
 
 # --------------------------------------------------------------------------- groups
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class SynthConfig:
     """The procedural dataset written in NTU `.skeleton` format (stage `synthesize`)."""
 
-    seed: int = _spec(0, ge=0)
-    base_classes: int = _spec(24, ge=2, help="classes used for pretraining, tuning and linear/kNN")
-    novel_classes: int = _spec(6, ge=0, help="classes held out for few-shot evaluation")
-    performers: int = _spec(12, ge=2)
-    setups: int = _spec(2, ge=1)
-    replications: int = _spec(1, ge=1)
-    cameras: int = _spec(3, ge=1, le=3)
-    min_frames: int = _spec(30, ge=12)
-    max_frames: int = _spec(120, ge=12)
-    artifact_rate: float = _spec(0.05, ge=0.0, le=1.0,
-                                 help="per-file probability of each kind of recording artifact")
-    noise_std: float = _spec(0.01, ge=0.0, help="sensor noise (metres)")
-    nan_rate: float = _spec(0.0, ge=0.0, le=1.0,
-                            help="fraction of files with one NaN joint (a few real NTU files)")
+    seed: int = Field(0, ge=0)
+    base_classes: int = Field(24, ge=2,
+                              description="classes used for pretraining, tuning and linear/kNN")
+    novel_classes: int = Field(6, ge=0, description="classes held out for few-shot evaluation")
+    performers: int = Field(12, ge=2)
+    setups: int = Field(2, ge=1)
+    replications: int = Field(1, ge=1)
+    cameras: int = Field(3, ge=1, le=3)
+    min_frames: int = Field(30, ge=12)
+    max_frames: int = Field(120, ge=12)
+    artifact_rate: float = Field(
+        0.05, ge=0.0, le=1.0, description="per-file probability of each kind of recording artifact")
+    noise_std: float = Field(0.01, ge=0.0, description="sensor noise (metres)")
+    nan_rate: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="fraction of files with one NaN joint (a few real NTU files)")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class DataConfig:
     """Which dataset the pipeline runs on."""
 
     source: Literal["synthetic", "ntu60", "ntu120", "pku1", "pku2", "npz", "pyskl"] = "synthetic"
     benchmark: Literal["xsub", "xview", "xset"] = "xsub"
-    raw_dir: str = _spec("data/raw/synthetic", help="folder of raw files, or the .npz/.pkl file")
-    novel_dir: str = _spec("", help="NTU-120 .skeleton folder for few-shot classes A061-A120 "
-                                    "when source is ntu60; empty disables")
-    pku_split_dir: str = _spec("", help="folder with PKU-MMD phase II split files")
+    raw_dir: str = Field("data/raw/synthetic",
+                         description="folder of raw files, or the .npz/.pkl file")
+    novel_dir: str = Field("", description="NTU-120 .skeleton folder for few-shot classes "
+                                           "A061-A120 when source is ntu60; empty disables")
+    pku_split_dir: str = Field("", description="folder with PKU-MMD phase II split files")
     processed_dir: str = "data/processed"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class PreprocessConfig:
     """Raw files -> packed store (stage `preprocess`)."""
 
-    workers: int = _spec(2, ge=1)
+    workers: int = Field(2, ge=1)
     on_error: Literal["skip", "raise"] = "skip"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class ModelConfig:
     """Transformer encoder (+ MAMP decoder) sizes. The paper size is depth 8, dim 256, 8 heads,
     120 frames, decoder depth 3 (NTU-60) or 5 (NTU-120, PKU)."""
 
-    depth: int = _spec(4, ge=2)
-    dim: int = _spec(64, ge=8)
-    heads: int = _spec(4, ge=1)
-    mlp_ratio: float = _spec(4.0, gt=0)
-    frames: int = _spec(40, ge=4)
-    t_patch: int = _spec(4, ge=1)
-    actors: int = _spec(2, ge=1)
-    joints: int = _spec(25, ge=1)
-    decoder_depth: int = _spec(2, ge=1)
-    decoder_dim: int = _spec(64, ge=8)
-    decoder_heads: int = _spec(4, ge=1)
-    drop_path: float = _spec(0.0, ge=0, lt=1, help="stochastic depth of the last block, rising "
-                             "linearly from 0 at the first; 0 (the release's pretraining and "
-                             "tuning) builds no drop-path layer at all")
+    depth: int = Field(4, ge=2)
+    dim: int = Field(64, ge=8)
+    heads: int = Field(4, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    frames: int = Field(40, ge=4)
+    t_patch: int = Field(4, ge=1)
+    actors: int = Field(2, ge=1)
+    joints: int = Field(25, ge=1)
+    decoder_depth: int = Field(2, ge=1)
+    decoder_dim: int = Field(64, ge=8)
+    decoder_heads: int = Field(4, ge=1)
+    drop_path: float = Field(0.0, ge=0, lt=1, description=(
+        "stochastic depth of the last block, rising linearly from 0 at the first; 0 (the "
+        "release's pretraining and tuning) builds no drop-path layer at all"))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class PretrainConfig:
     """MAMP masked motion prediction (stage `pretrain`)."""
 
-    epochs: int = _spec(20, ge=1)
-    batch_size: int = _spec(64, ge=1, help="global batch size, split across processes")
-    lr: float = _spec(1e-3, gt=0)
-    min_lr: float = _spec(5e-4, ge=0)
-    warmup_epochs: int = _spec(2, ge=0)
-    weight_decay: float = _spec(0.05, ge=0)
-    clip_grad: float = _spec(0.0, ge=0, help="max grad norm; 0 disables (MAMP does not clip)")
-    mask_ratio: float = _spec(0.9, gt=0, lt=1)
-    tau: float = _spec(0.80, ge=0, help="motion-aware masking temperature; 0 = uniform masking")
-    crop_min: float = _spec(0.5, gt=0, le=1, help="random crop keeps at least this fraction")
-    crop_floor: int = _spec(64, ge=1, help="random crop never keeps fewer frames than this")
-    rotate: float = _spec(0.3, ge=0, help="max rotation angle (rad) about each axis")
-    seed: int = _spec(0, ge=0)
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=1, description="global batch size, split across processes")
+    lr: float = Field(1e-3, gt=0)
+    min_lr: float = Field(5e-4, ge=0)
+    warmup_epochs: int = Field(2, ge=0)
+    weight_decay: float = Field(0.05, ge=0)
+    clip_grad: float = Field(0.0, ge=0,
+                             description="max grad norm; 0 disables (MAMP does not clip)")
+    mask_ratio: float = Field(0.9, gt=0, lt=1)
+    tau: float = Field(0.80, ge=0,
+                       description="motion-aware masking temperature; 0 = uniform masking")
+    crop_min: float = Field(0.5, gt=0, le=1, description="random crop keeps at least this fraction")
+    crop_floor: int = Field(64, ge=1, description="random crop never keeps fewer frames than this")
+    rotate: float = Field(0.3, ge=0, description="max rotation angle (rad) about each axis")
+    seed: int = Field(0, ge=0)
     compile: bool = False
-    loader_workers: int = _spec(1, ge=0)
+    loader_workers: int = Field(1, ge=0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class TuneConfig:
     """STARS nearest-neighbour contrastive tuning (stage `tune`)."""
 
-    epochs: int = _spec(30, ge=1)
-    batch_size: int = _spec(32, ge=2, help="global batch size, split across processes")
-    lr: float = _spec(1e-3, gt=0)
-    layer_decay: float = _spec(0.45, gt=0, le=1)
-    weight_decay: float = _spec(0.05, ge=0)
-    clip_grad: float = _spec(3.0, ge=0)
-    tuned_blocks: int = _spec(-1, ge=-1, help="blocks tuned from the top; -1 = depth/2")
-    full: bool = _spec(False, help="tune every block and the embeddings")
-    head_warmup_epochs: int = _spec(0, ge=0, help="head-only epochs first (public release: 20)")
-    queue_size: int = _spec(32768, ge=2, help="K >= 2: a sample always has another candidate")
-    temperature: float = _spec(0.07, gt=0)
-    predictor_dim: int = _spec(4096, ge=1)
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(32, ge=2, description="global batch size, split across processes")
+    lr: float = Field(1e-3, gt=0)
+    layer_decay: float = Field(0.45, gt=0, le=1)
+    weight_decay: float = Field(0.05, ge=0)
+    clip_grad: float = Field(3.0, ge=0)
+    tuned_blocks: int = Field(-1, ge=-1, description="blocks tuned from the top; -1 = depth/2")
+    full: bool = Field(False, description="tune every block and the embeddings")
+    head_warmup_epochs: int = Field(0, ge=0,
+                                    description="head-only epochs first (public release: 20)")
+    queue_size: int = Field(32768, ge=2,
+                            description="K >= 2: a sample always has another candidate")
+    temperature: float = Field(0.07, gt=0)
+    predictor_dim: int = Field(4096, ge=1)
     view: Literal["none", "crop_rotate", "mask"] = "none"
-    view_mask_ratio: float = _spec(0.5, ge=0, lt=1, help="token drop ratio for view=mask")
-    val_fraction: float = _spec(0.1, ge=0, lt=1, help="train fraction held out for the kNN curve")
-    val_seed: int = _spec(0, ge=0)
-    val_k: int = _spec(1, ge=1)
+    view_mask_ratio: float = Field(0.5, ge=0, lt=1, description="token drop ratio for view=mask")
+    val_fraction: float = Field(0.1, ge=0, lt=1,
+                                description="train fraction held out for the kNN curve")
+    val_seed: int = Field(0, ge=0)
+    val_k: int = Field(1, ge=1)
     keep_best: bool = True
-    seed: int = _spec(0, ge=0)
+    seed: int = Field(0, ge=0)
     compile: bool = False
-    loader_workers: int = _spec(1, ge=0)
+    loader_workers: int = Field(1, ge=0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class EvalConfig:
     """Frozen-encoder evaluation (stage `evaluate`)."""
 
-    knn_k: list[int] = _spec([1, 2, 5, 10], ge=1)
+    knn_k: Counts = _counts(1, 2, 5, 10)
     probe_mode: Literal["cached", "paper"] = "cached"
-    probe_epochs: int = _spec(100, ge=1)
-    probe_lr: float = _spec(0.1, gt=0)
-    probe_batch_size: int = _spec(256, ge=1)
-    fewshot_shots: list[int] = _spec([1, 2, 5], ge=1)
-    fewshot_ways: list[int] = _spec([5, 0], ge=0, help="N of N-way episodes; 0 = all novel classes")
-    fewshot_episodes: int = _spec(600, ge=1)
-    fewshot_queries: int = _spec(15, ge=1, help="query samples per class per episode")
-    fewshot_knn_k: list[int] = _spec([1, 2, 5], ge=1, help="k of the release's few-shot kNN")
-    fewshot: bool = _spec(True, help="few-shot on the novel classes; true needs novel classes "
-                                     "(checked before any work), false says it is off")
-    seed: int = _spec(0, ge=0)
-    batch_size: int = _spec(256, ge=1, help="feature extraction batch size")
-    loader_workers: int = _spec(0, ge=0, help="data loader processes for feature extraction")
+    probe_epochs: int = Field(100, ge=1)
+    probe_lr: float = Field(0.1, gt=0)
+    probe_batch_size: int = Field(256, ge=1)
+    fewshot_shots: Counts = _counts(1, 2, 5)
+    fewshot_ways: list[Annotated[int, Field(ge=0)]] = _counts(
+        5, 0, description="N of N-way episodes; 0 = all novel classes")
+    fewshot_episodes: int = Field(600, ge=1)
+    fewshot_queries: int = Field(15, ge=1, description="query samples per class per episode")
+    fewshot_knn_k: Counts = _counts(1, 2, 5, description="k of the release's few-shot kNN")
+    fewshot: bool = Field(True, description="few-shot on the novel classes; true needs novel "
+                                            "classes (checked before any work), false says it "
+                                            "is off")
+    seed: int = Field(0, ge=0)
+    batch_size: int = Field(256, ge=1, description="feature extraction batch size")
+    loader_workers: int = Field(0, ge=0, description="data loader processes for feature extraction")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class FinetuneConfig:
     """End-to-end fine-tuning of encoder + classification head (stage `finetune`), MAMP's
     `main_finetune.py` recipe, under three protocols: `full` (the labelled train split),
     `semi` (class-stratified `label_fractions` of it, one run per subset seed) and `transfer`
     (the `transfer` group's target dataset). Both the MAMP and the STARS checkpoints."""
 
-    protocols: list[Literal["full", "semi", "transfer"]] = _spec(["full", "semi", "transfer"])
-    epochs: int = _spec(4, ge=1, help="release: 100")
-    warmup_epochs: int = _spec(1, ge=0, help="release: 5")
-    batch_size: int = _spec(16, ge=2, help="global batch (release: 24 per GPU x 2 GPUs)")
-    lr: float = _spec(1e-3, gt=0, help="release: 3e-4 at batch 48")
-    min_lr: float = _spec(1e-5, ge=0, help="where the cosine ends")
-    weight_decay: float = _spec(0.05, ge=0)
-    layer_decay: float = _spec(0.8, gt=0, le=1, help="block i gets lr x decay^(depth - i)")
-    drop_path: float = _spec(0.3, ge=0, lt=1, help="the encoder's stochastic depth here "
-                                                   "(model.drop_path for this stage only)")
-    head_dropout: float = _spec(0.3, ge=0, lt=1, help="dropout on the tokens before pooling")
-    head_hidden: int = _spec(256, ge=1, help="hidden width of the head's MLP (release: 2048)")
-    label_smoothing: float = _spec(0.1, ge=0, lt=1)
-    clip_grad: float = _spec(0.0, ge=0, help="max grad norm; 0 disables (the release)")
-    label_fractions: list[float] = _spec([0.05, 0.2], gt=0, le=1, help="labelled fractions "
-                                         "of the semi protocol (release: 0.01, 0.1)")
-    seeds: list[int] = _spec([0, 1], ge=0, help="one semi run per subset seed (release: 5 runs)")
-    seed: int = _spec(0, ge=0)
+    protocols: list[Literal["full", "semi", "transfer"]] = Field(
+        default_factory=lambda: ["full", "semi", "transfer"], min_length=1)
+    epochs: int = Field(4, ge=1, description="release: 100")
+    warmup_epochs: int = Field(1, ge=0, description="release: 5")
+    batch_size: int = Field(16, ge=2, description="global batch (release: 24 per GPU x 2 GPUs)")
+    lr: float = Field(1e-3, gt=0, description="release: 3e-4 at batch 48")
+    min_lr: float = Field(1e-5, ge=0, description="where the cosine ends")
+    weight_decay: float = Field(0.05, ge=0)
+    layer_decay: float = Field(0.8, gt=0, le=1, description="block i gets lr x decay^(depth - i)")
+    drop_path: float = Field(0.3, ge=0, lt=1, description="the encoder's stochastic depth here "
+                                                          "(model.drop_path for this stage only)")
+    head_dropout: float = Field(0.3, ge=0, lt=1, description="dropout on the tokens before pooling")
+    head_hidden: int = Field(256, ge=1,
+                             description="hidden width of the head's MLP (release: 2048)")
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    clip_grad: float = Field(0.0, ge=0, description="max grad norm; 0 disables (the release)")
+    label_fractions: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        default_factory=lambda: [0.05, 0.2], min_length=1,
+        description="labelled fractions of the semi protocol (release: 0.01, 0.1)")
+    seeds: list[Annotated[int, Field(ge=0)]] = _counts(
+        0, 1, description="one semi run per subset seed (release: 5 runs)")
+    seed: int = Field(0, ge=0)
     compile: bool = False
-    loader_workers: int = _spec(1, ge=0)
+    loader_workers: int = Field(1, ge=0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class TransferConfig:
     """The transfer protocol's target: a second data source with its own classes, raw folder,
     store and splits (fields as in `data`). The default is a synthetic dataset written in
@@ -205,13 +221,16 @@ class TransferConfig:
 
     source: Literal["pku2", "pku1", "ntu60", "ntu120", "npz", "pyskl"] = "pku2"
     benchmark: Literal["xsub", "xview", "xset"] = "xsub"
-    raw_dir: str = _spec("data/raw/synthetic_pku", help="the target's raw folder or file")
-    pku_split_dir: str = _spec("", help="folder with the PKU-MMD split files (default raw_dir)")
+    raw_dir: str = Field("data/raw/synthetic_pku", description="the target's raw folder or file")
+    pku_split_dir: str = Field("", description="folder with the PKU-MMD split files "
+                                               "(default raw_dir)")
     processed_dir: str = "data/processed_transfer"
-    synth_classes: int = _spec(12, ge=2, le=30, help="synthetic target: action classes")
-    synth_performers: int = _spec(9, ge=2, help="synthetic target: performers (videos each)")
-    synth_videos: int = _spec(1, ge=1, help="synthetic target: videos per performer and view")
-    synth_seed: int = _spec(1, ge=0, help="synthetic target: seed (performers, cameras)")
+    synth_classes: int = Field(12, ge=2, le=30, description="synthetic target: action classes")
+    synth_performers: int = Field(9, ge=2,
+                                  description="synthetic target: performers (videos each)")
+    synth_videos: int = Field(1, ge=1,
+                              description="synthetic target: videos per performer and view")
+    synth_seed: int = Field(1, ge=0, description="synthetic target: seed (performers, cameras)")
 
     def as_data(self) -> DataConfig:
         """The target as a `data` group, for the preprocess code."""
@@ -220,27 +239,27 @@ class TransferConfig:
                           processed_dir=self.processed_dir)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class ReportConfig:
     """`make report` (stage `report`)."""
 
-    tsne_per_class: int = _spec(30, ge=1, help="class-balanced t-SNE subsample")
-    stick_samples: int = _spec(4, ge=1)
-    seed: int = _spec(0, ge=0)
+    tsne_per_class: int = Field(30, ge=1, description="class-balanced t-SNE subsample")
+    stick_samples: int = Field(4, ge=1)
+    seed: int = Field(0, ge=0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class DistConfig:
     """How a training stage is launched: one process, or torchrun above 1."""
 
-    nproc: int = _spec(1, ge=1, help="processes per node")
-    nnodes: int = _spec(1, ge=1)
-    node_rank: int = _spec(0, ge=0)
+    nproc: int = Field(1, ge=1, description="processes per node")
+    nnodes: int = Field(1, ge=1)
+    node_rank: int = Field(0, ge=0)
     rdzv_endpoint: str = "127.0.0.1:29500"
     backend: Literal["auto", "gloo", "nccl"] = "auto"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class TrackingConfig:
     """MLflow. An empty `uri` means sqlite:///<repo>/mlflow.db; MLFLOW_TRACKING_URI overrides."""
 
@@ -249,112 +268,83 @@ class TrackingConfig:
     experiment: str = "stars"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class Params:
     """All of `params.yaml`."""
 
-    data: DataConfig = field(default_factory=DataConfig)
-    synth: SynthConfig = field(default_factory=SynthConfig)
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    tune: TuneConfig = field(default_factory=TuneConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    transfer: TransferConfig = field(default_factory=TransferConfig)
-    report: ReportConfig = field(default_factory=ReportConfig)
-    dist: DistConfig = field(default_factory=DistConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    transfer: TransferConfig = Field(default_factory=TransferConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    dist: DistConfig = Field(default_factory=DistConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 
 # --------------------------------------------------------------------------- validation
 
+_BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+
 
 def _describe(tp: Any) -> str:
+    """'an integer >= 1', "one of 'a', 'b'", ... for a (possibly Annotated) field type."""
+    bounds = ""
+    if typing.get_origin(tp) is Annotated:
+        tp, *meta = typing.get_args(tp)
+        bounds = _bounds_text(meta)
     origin = typing.get_origin(tp)
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"a list of {_describe(typing.get_args(tp)[0])}s"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
-        tp, str(tp))
+    if origin is list:   # "a list of integers >= 1"
+        item = _describe(typing.get_args(tp)[0]).split(" ", 1)[1].replace(" ", "s ", 1)
+        return f"a list of {item}"
+    text = {int: "an integer", float: "a number", bool: "true or false",
+            str: "a string"}.get(tp, str(tp))
+    return f"{text} {bounds}".strip()
 
 
-def _bounds_text(meta: dict) -> str:
-    parts = [f"{op} {meta[k]}" for k, op in
-             (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if meta.get(k) is not None]
-    return " and ".join(parts)
+def _bounds_text(meta: list) -> str:
+    """'>= 1 and < 2' from pydantic/annotated-types constraint objects."""
+    found = [m for item in meta for m in getattr(item, "metadata", [item])]
+    return " and ".join(f"{op} {getattr(m, k)}" for m in found for k, op in _BOUNDS
+                        if getattr(m, k, None) is not None)
 
 
-def _check_scalar(key: str, value: Any, tp: Any, meta: dict) -> Any:
-    allowed = _describe(tp)
-    bounds = _bounds_text(meta)
-    if bounds and tp in (int, float):
-        allowed += " " + bounds
-
-    def bad() -> ConfigError:
-        return ConfigError(f"{key}: {value!r} is invalid: must be {allowed}")
-
-    if typing.get_origin(tp) is Literal:
-        if value not in typing.get_args(tp):
-            raise bad()
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise bad()
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad()
-    elif tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad()
-        value = float(value)
-        if not math.isfinite(value):
-            raise bad()
-    elif tp is str:
-        if not isinstance(value, str):
-            raise bad()
-        return value
-    if tp in (int, float):
-        checks = (("ge", lambda v, b: v >= b), ("gt", lambda v, b: v > b),
-                  ("le", lambda v, b: v <= b), ("lt", lambda v, b: v < b))
-        for name, ok in checks:
-            if meta.get(name) is not None and not ok(value, meta[name]):
-                raise bad()
-    return value
-
-
-def _check_value(key: str, value: Any, tp: Any, meta: dict) -> Any:
+def _field_rule(cls: type, loc: tuple) -> str:
+    """What the field at `loc` (name, or name and list index) must be."""
+    field = cls.__pydantic_fields__[loc[0]]
+    tp = field.annotation
     if typing.get_origin(tp) is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, list) or not value:
-            raise ConfigError(f"{key}: {value!r} is invalid: must be a non-empty "
-                              f"list of {_describe(item_tp)}s")
-        return [_check_scalar(f"{key}[{i}]", v, item_tp, meta) for i, v in enumerate(value)]
-    return _check_scalar(key, value, tp, meta)
+        if len(loc) > 1:
+            return _describe(typing.get_args(tp)[0])
+        return "a non-empty " + _describe(tp).removeprefix("a ")
+    bounds = _bounds_text(field.metadata)
+    return f"{_describe(tp)} {bounds}".strip()
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
+    """`cls(**raw)`, with pydantic's first error rewritten as one line naming the key."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix}: {raw!r} is invalid: must be a mapping of keys to values")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in fields:
-            raise ConfigError(f"{prefix + '.' if prefix else ''}{key}: unknown key; "
-                              f"allowed: {', '.join(fields)}")
-    values = {}
-    for name, f in fields.items():
-        key = f"{prefix}.{name}" if prefix else name
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            values[name] = _build(tp, raw.get(name), key)
-        elif name in raw:
-            values[name] = _check_value(key, raw[name], tp, dict(f.metadata))
-    return cls(**values)
+    try:
+        return cls(**raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = err["loc"]
+        key = f"{prefix}.{loc[0]}" if prefix else str(loc[0])
+        if err["type"] == "unexpected_keyword_argument":
+            allowed = ", ".join(f.name for f in dataclasses.fields(cls))
+            raise ConfigError(f"{key}: unknown key; allowed: {allowed}") from None
+        key += "".join(f"[{i}]" for i in loc[1:])
+        raise ConfigError(f"{key}: {err['input']!r} is invalid: must be "
+                          f"{_field_rule(cls, loc)}") from None
 
 
 def _cross_check(p: Params) -> None:
@@ -417,7 +407,14 @@ def _check_novel_classes(p: Params) -> None:
 
 def parse_params(raw: dict) -> Params:
     """Validate a params mapping (as loaded from YAML) into `Params`."""
-    params = _build(Params, raw, "")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params: {raw!r} is invalid: must be a mapping of groups")
+    groups = {f.name: f.type for f in dataclasses.fields(Params)}
+    for key in raw:
+        if key not in groups:
+            raise ConfigError(f"{key}: unknown key; allowed: {', '.join(groups)}")
+    hints = typing.get_type_hints(Params)
+    params = Params(**{name: _build(hints[name], raw.get(name), name) for name in groups})
     _cross_check(params)
     return params
 

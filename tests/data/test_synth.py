@@ -12,9 +12,9 @@ import pytest
 
 from pipeline.core.config import SynthConfig
 from pipeline.core.errors import ConfigError
-from pipeline.data.synthetic import synth
 from pipeline.data.denoise import denoise
 from pipeline.data.ntu import parse_name, read_skeleton
+from pipeline.data.synthetic import synth
 from pipeline.data.synthetic.actions import ACTIONS
 from pipeline.data.synthetic.ntu_writer import format_skeleton
 from pipeline.data.synthetic.skeleton_model import BONES, PARENTS, REF_HEIGHT, TABLE_LENGTHS
