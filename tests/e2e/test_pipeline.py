@@ -114,12 +114,17 @@ def test_exp_run_with_new_tune_epochs_reruns_only_tune_and_downstream(project):
 
 @pytest.mark.slow
 def test_two_process_stages_reproduce_the_one_process_pretraining_curve(project):
-    """`dist.nproc=2` relaunches pretrain and tune under torchrun (gloo); the global batch is
-    unchanged, so the pretraining loss curve matches the 1-process run (rtol 1e-4)."""
+    """`dist.nproc=2` relaunches pretrain, tune and finetune under torchrun (gloo); the global
+    batch is unchanged, so the pretraining loss curve matches the 1-process run (rtol 1e-4),
+    and fine-tuning draws the same labelled subsets."""
     import pandas as pd
+
+    from pipeline.training import checkpoint
 
     repo, env = project
     one = pd.read_csv(repo / "plots/pretrain/loss.csv")
+    subset = repo / "models/finetune/stars/semi_0.5_seed1/last.pt"
+    rows_one = checkpoint.load(subset)["config"]["rows"]
     for stage in ("pretrain", "tune"):  # persisted checkpoints would otherwise be resumed
         shutil.rmtree(repo / "models" / stage)
     out = _run([sys.executable, "-m", "dvc", "exp", "run", "-S", "dist.nproc=2"], repo, env)
@@ -127,5 +132,8 @@ def test_two_process_stages_reproduce_the_one_process_pretraining_curve(project)
     two = pd.read_csv(repo / "plots/pretrain/loss.csv")
     assert json.loads((repo / "metrics/pretrain.json").read_text())["processes"] == 2
     assert json.loads((repo / "metrics/tune.json").read_text())["processes"] == 2
+    assert json.loads((repo / "metrics/finetune.json").read_text())["processes"] == 2
+    # the semi-supervised subset does not depend on the number of processes
+    assert checkpoint.load(subset)["config"]["rows"] == rows_one
     assert list(two["epoch"]) == list(one["epoch"])
     assert two["loss"].to_numpy() == pytest.approx(one["loss"].to_numpy(), rel=1e-4)
