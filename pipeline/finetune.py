@@ -256,9 +256,8 @@ def run_finetune(params: Params, store_dir: Path, target_dir: Path,
                 results.setdefault("semi", {}).setdefault(fraction, {})[f"seed{s}"] = run
             else:
                 results[name] = run
-        results["semi"] = {f: _summary(runs) for f, runs in results.get("semi", {}).items()}
-        if not results["semi"]:
-            del results["semi"]
+        if "semi" in results:
+            results["semi"] = {f: _summary(runs) for f, runs in results["semi"].items()}
         per_model[model_name] = results
 
     chance = {name: 1.0 / len(task.classes) for name, (task, _) in tasks.items()
