@@ -7,7 +7,7 @@ PRESET ?= ntu60-xsub
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test test-slow test-all ui report bench lint exp
+.PHONY: help setup check repro test test-slow test-all ui report bench lint exp exps
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -19,7 +19,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-repro: setup  ## run the whole DVC pipeline (synthesize -> ... -> report)
+check: setup  ## validate params.yaml and the raw data (make repro/exp/report do it first)
+	$(PY) -m pipeline check
+
+# Each DVC command runs only after the check passed: DVC deletes a stage's outputs before the
+# stage could reject a bad parameter.
+repro: check  ## run the whole DVC pipeline (synthesize -> ... -> report)
 	$(DVC) repro
 
 test: setup  ## the fast test suite
@@ -34,7 +39,7 @@ test-all: setup  ## every test, slow ones included
 ui: setup  ## MLflow UI on http://127.0.0.1:$(PORT) (localhost only)
 	$(PY) -m pipeline.cli.ui --port $(PORT)
 
-report: setup  ## reports/report.html and reports/report.md (runs what is missing first)
+report: check  ## reports/report.html and reports/report.md (runs what is missing first)
 	$(DVC) repro report
 
 bench: setup  ## benchmarks -> benchmarks/RESULTS.md and benchmarks/results.json
@@ -43,5 +48,20 @@ bench: setup  ## benchmarks -> benchmarks/RESULTS.md and benchmarks/results.json
 lint: setup  ## ruff over the code
 	$(VENV)/bin/ruff check pipeline stages tests benchmarks
 
+# `dvc exp run -S` rewrites params.yaml first; a failed run puts it back as it was.
 exp: setup  ## run a paper preset as a DVC experiment: make exp PRESET=ntu60-xsub
-	args="$$($(PY) -m pipeline preset-args $(PRESET))" && $(DVC) exp run $$args
+	$(PY) -m pipeline check --preset $(PRESET)
+	@args="$$($(PY) -m pipeline preset-args $(PRESET))" && saved="$$(mktemp)" && \
+	cp params.yaml "$$saved" && echo "$(DVC) exp run $$args" && \
+	if $(DVC) exp run $$args; then rm -f "$$saved"; else rc=$$?; mv -f "$$saved" params.yaml; \
+	echo "make exp: the run failed; params.yaml is back as it was" >&2; exit $$rc; fi
+
+# The columns of `make exps`: params (their groups, as in params.yaml) that differ between the
+# rows, and the headline metrics of both models: kNN, linear and few-shot from
+# metrics/evaluate.json, and each fine-tuning protocol's <model>.<protocol>.top1 when
+# metrics/finetune.json exists.
+PARAM_GROUPS := data|synth|preprocess|model|pretrain|tune|eval|report|dist|tracking
+HEADLINE     := knn_top1_k1|linear_top1|fewshot_knn_k1|fewshot_5way_1shot_proto_mean|\w+\.top1
+exps: setup  ## `dvc exp show`: only the params that differ and the headline metrics
+	$(DVC) exp show --only-changed --drop '(?!($(PARAM_GROUPS))\.)' \
+	    --keep '^(Experiment|rev|Created|(metrics/\w+\.json:)?(mamp|stars)\.($(HEADLINE))$$)' $(ARGS)

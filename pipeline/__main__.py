@@ -1,7 +1,7 @@
 """Command line: `python -m pipeline <command> ...` (also installed as `stars`).
 
-Commands: synth, inspect, import-weights, export-weights, import-data, export-data,
-preset-args. Heavy modules are
+Commands: check, synth, inspect, import-weights, export-weights, import-data, export-data,
+preset-args, worker. Heavy modules are
 imported inside each command so `--help` is instant. User errors print one line and exit 2.
 """
 
@@ -23,6 +23,12 @@ def _add_synth_overrides(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--" + name.replace("_", "-"), dest=f"synth_{name}",
                             type=field.annotation, default=None,
                             help=field.description or f"default: params.yaml synth.{name}")
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    from pipeline.cli.check import check
+
+    print(check(Path(args.params), args.preset))
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -78,10 +84,52 @@ def cmd_preset_args(args: argparse.Namespace) -> None:
     print(" ".join(preset_args(args.name, args.params)))
 
 
+def cmd_worker(args: argparse.Namespace) -> None:
+    """Node `--node-rank` (>= 1) of a multi-node training stage that DVC runs on node 0: join
+    its rendezvous and train as a worker. Only node 0 writes, so this node needs node 0's
+    params.yaml and data/processed but none of its outputs (README, Scaling out)."""
+    from pipeline.core import dist
+    from pipeline.core.errors import ConfigError
+    from pipeline.core.launch import ensure_fast_allocator, maybe_relaunch, run_identity
+    from pipeline.core.tracking import NullTracker
+
+    params = load_params(args.params)
+    nnodes = params.dist.nnodes
+    if nnodes == 1:
+        raise ConfigError(f"dist.nnodes: 1 in {args.params} leaves no node to work on; copy "
+                          "node 0's params.yaml here")
+    if not 0 < args.node_rank < nnodes:
+        raise ConfigError(f"--node-rank: {args.node_rank} is invalid: must be 1 to {nnodes - 1} "
+                          f"(dist.nnodes {nnodes}); node 0 runs DVC")
+    ensure_fast_allocator(sys.argv)
+    maybe_relaunch(params.dist, sys.argv, args.stage, args.node_rank)
+    dist.init(params.dist, agree_on=run_identity(args.stage, params))
+    # The output paths of dvc.yaml: only global rank 0 (on node 0) reads or writes them.
+    data = Path(params.data.processed_dir)
+    try:
+        if args.stage == "pretrain":
+            from pipeline.pretrain import run_pretrain
+
+            run_pretrain(params, data, Path("models/pretrain"), Path("metrics/pretrain.json"),
+                         Path("plots/pretrain"), NullTracker())
+        else:
+            from pipeline.tune import run_tune
+
+            run_tune(params, data, Path("models/pretrain/last.pt"), Path("models/tune"),
+                     Path("metrics/tune.json"), Path("plots/tune"), NullTracker())
+    finally:
+        dist.teardown()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n")[0])
     parser.add_argument("--params", default="params.yaml", help="parameters file")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check", help="validate params.yaml (and a preset) and the raw data "
+                                     "before a run; one line naming the key on failure")
+    p.add_argument("--preset", default=None, help="also apply presets/<PRESET>.yaml")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("synth", help="write the procedural dataset as NTU .skeleton files")
     p.add_argument("--out", required=True, help="output folder")
@@ -121,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("preset-args", help="`dvc exp run` -S flags of a paper preset")
     p.add_argument("name", help="a file name in presets/, e.g. ntu60-xsub")
     p.set_defaults(func=cmd_preset_args)
+
+    p = sub.add_parser("worker", help="train on a node other than 0 of a multi-node stage")
+    p.add_argument("stage", choices=["pretrain", "tune"], help="the stage DVC runs on node 0")
+    p.add_argument("--node-rank", type=int, required=True, help="this node: 1 .. dist.nnodes-1")
+    p.set_defaults(func=cmd_worker)
     return parser
 
 

@@ -2,8 +2,8 @@
 
 Usage (stages/evaluate.py)::
 
-    run_evaluate(params, store_dir, mamp_ckpt, stars_ckpt, features_dir, metrics_path,
-                 plots_dir, tracker)
+    run_evaluate(params, store_dir, mamp_ckpt, stars_ckpt, features_dir, probe_dir,
+                 metrics_path, plots_dir, tracker)
 
 Per checkpoint: test-transform features of four parts of the store (base-class train and
 test splits, novel-class train and test splits), cached in `features_dir/<model>_<part>.npz`
@@ -15,13 +15,15 @@ and cluster quality of the test features. Few-shot is never silently off: with
 the same way when loaded); with `false` the novel parts are skipped and the metrics say so.
 
 Outputs: `metrics_path` = {"mamp": {...}, "stars": {...}, "delta": {stars - mamp},
-"probe_mode", "chance", "fewshot": {"enabled", "reason"}} with the same flat keys for both models; DVC plots
+"probe_mode", "chance", "fewshot": {"enabled", "reason"}} with the same flat keys for both
+models; the wall time in `timing.json` beside it; DVC plots
 `plots_dir/<model>_{confusion,per_class,probe_curve}.csv`; the same numbers to the tracker.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,9 @@ from pipeline.core import dist
 from pipeline.core.config import EvalConfig, Params, to_dict
 from pipeline.core.errors import UserError
 from pipeline.core.io import atomic_write_json, atomic_write_text, file_sha256
+from pipeline.core.stage import write_timing
 from pipeline.core.tracking import Prefixed
+from pipeline.data.checks import check_data_params
 from pipeline.data.dataset import SkeletonDataset
 from pipeline.data.store import Store
 from pipeline.data.transforms import TestTransform, TrainTransform
@@ -95,8 +99,9 @@ def model_features(params: Params, store: Store, ckpt: Path, name: str, features
 
 
 def linear_probe(params: Params, store: Store, feats: dict[str, Features], ckpt: Path,
-                 ckpt_sha: str, name: str, features_dir: Path, tracker: Any) -> dict[str, Any]:
-    """`eval.probe_mode` probe; paper mode checkpoints to `features_dir/probe_<model>/`."""
+                 ckpt_sha: str, name: str, probe_dir: Path, tracker: Any) -> dict[str, Any]:
+    """`eval.probe_mode` probe; paper mode checkpoints every epoch to `probe_dir/<model>/`
+    (a persistent DVC output, so a killed probe resumes)."""
     cfg = params.eval
     (train_f, train_y, train_rows), (test_f, test_y, _) = feats["train"], feats["test"]
     if cfg.probe_mode == "cached":
@@ -107,7 +112,7 @@ def linear_probe(params: Params, store: Store, feats: dict[str, Features], ckpt:
     config = {"eval": to_dict(cfg), "model": to_dict(params.model), "encoder": ckpt_sha,
               "augment": to_dict(augment)}
     return probe_paper(load_encoder(ckpt, params.model), dataset, train_y, test_f, test_y, cfg,
-                       ckpt_dir=features_dir / f"probe_{name}", config=config,
+                       ckpt_dir=probe_dir / name, config=config,
                        fingerprint=checkpoint.fingerprint(store.meta["fingerprint"], config),
                        tracker=Prefixed(tracker, f"{name}/probe/"),
                        workers=cfg.loader_workers)
@@ -171,21 +176,26 @@ def write_plots(plots_dir: Path, name: str, probe: dict[str, Any], test_labels: 
 
 
 def run_evaluate(params: Params, store_dir: str | Path, mamp_ckpt: str | Path,
-                 stars_ckpt: str | Path, features_dir: str | Path, metrics_path: str | Path,
-                 plots_dir: str | Path, tracker: Any) -> dict[str, Any]:
-    """Evaluate both checkpoints; write metrics, plots and features; return the metrics."""
+                 stars_ckpt: str | Path, features_dir: str | Path, probe_dir: str | Path,
+                 metrics_path: str | Path, plots_dir: str | Path,
+                 tracker: Any) -> dict[str, Any]:
+    """Evaluate both checkpoints; write metrics, plots and features (and the paper-mode
+    probe's checkpoints); return the metrics."""
+    start = time.perf_counter()
     for ckpt in (Path(mamp_ckpt), Path(stars_ckpt)):
         if not ckpt.is_file():
             raise UserError(f"{ckpt}: checkpoint not found; run the stage that writes it "
                             "(dvc repro pretrain / tune) or import published weights")
     store = Store.open(store_dir)
+    check_data_params(params, store, "evaluate")
     fewshot = fewshot_status(params, store)
-    features_dir, plots_dir = Path(features_dir), Path(plots_dir)
+    features_dir, probe_dir, plots_dir = Path(features_dir), Path(probe_dir), Path(plots_dir)
+    probe_dir.mkdir(parents=True, exist_ok=True)   # a DVC output, empty in cached mode
     class_names = list(store.meta.get("class_names", []))
     per_model, plot_files, chance = {}, [], 0.0
     for name, ckpt in zip(MODELS, (Path(mamp_ckpt), Path(stars_ckpt))):
         feats, ckpt_sha = model_features(params, store, ckpt, name, features_dir)
-        probe = linear_probe(params, store, feats, ckpt, ckpt_sha, name, features_dir, tracker)
+        probe = linear_probe(params, store, feats, ckpt, ckpt_sha, name, probe_dir, tracker)
         per_model[name] = protocol_metrics(feats, probe, params.eval, dist.device())
         plot_files += write_plots(plots_dir, name, probe, feats["test"][1], class_names)
         chance = 1.0 / len(probe["classes"])
@@ -196,4 +206,6 @@ def run_evaluate(params: Params, store_dir: str | Path, mamp_ckpt: str | Path,
                          for k, v in metrics[group].items()} | {"chance": chance}, step=0)
     for path in (Path(metrics_path), *plot_files):
         tracker.log_artifact(path, "evaluate")
+    write_timing(Path(metrics_path), "evaluate", {"wall_time_s": time.perf_counter() - start},
+                 tracker)
     return metrics

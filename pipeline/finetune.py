@@ -22,6 +22,7 @@ rotation (the pretraining transform), test-time 95 % centre crop. Each run check
 on the test split: the release keeps the epoch with the best *test* accuracy, which we do not
 (DESIGN.md section 4, honest model selection).
 
+Wall times (total and per run) go to `timing.json` beside the metrics (`write_timing`).
 `metrics_path` = {"mamp": {"full": {...}, "semi": {"<fraction>": {...}}, "transfer": {...}},
 "stars": {...}, "delta": {stars - mamp}, "chance": {...}, ...}; top-1, top-5 and mean
 per-class accuracy are fractions (semi: `<metric>_mean` / `<metric>_std` over the seeds,
@@ -45,6 +46,7 @@ from pipeline.core import dist
 from pipeline.core.config import Params, to_dict
 from pipeline.core.errors import DataError, UserError
 from pipeline.core.io import atomic_write_json, file_sha256
+from pipeline.core.stage import write_timing
 from pipeline.core.tracking import Prefixed
 from pipeline.data.dataset import GlobalBatchSampler, SkeletonDataset, make_loader
 from pipeline.data.store import Store
@@ -165,14 +167,13 @@ def finetune_one(params: Params, task: Task, pretrained: Path, ckpt_dir: Path, s
               "classes": task.classes.tolist()}
     fingerprint = checkpoint.fingerprint(task.store.meta["fingerprint"],
                                          {**config, "pretrained": file_sha256(pretrained)})
-    start = time.perf_counter()
     groups = layer_decay_groups(model, model_cfg.depth, cfg.layer_decay, cfg.weight_decay)
     history = fit(model, step, groups, loader_factory, loop, ckpt_dir=ckpt_dir,
                   kind="finetune", config=config, fingerprint=fingerprint, tracker=tracker)
     scores = score(model, task, model_cfg.frames, params.eval.batch_size, cfg.loader_workers)
     return {**scores, "final_loss": history[-1]["loss"], "epochs": len(history),
             "train_samples": len(task.train_rows), "test_samples": len(task.test_rows),
-            "classes": len(task.classes), "wall_time_s": time.perf_counter() - start}
+            "classes": len(task.classes)}
 
 
 def _summary(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -245,12 +246,16 @@ def run_finetune(params: Params, store_dir: Path, target_dir: Path,
                             f"or raise finetune.label_fractions")
 
     per_model: dict[str, dict[str, Any]] = {}
+    timing: dict[str, float] = {}
+    start = time.perf_counter()
     for model_name in MODELS:
         results: dict[str, Any] = {}
         for name, (task, seed) in tasks.items():
+            t0 = time.perf_counter()
             run = finetune_one(params, task, Path(checkpoints[model_name]),
                                Path(ckpt_dir) / model_name / name, seed,
                                Prefixed(tracker, f"{model_name}/{name}/"))
+            timing[f"{model_name}_{name}_s"] = time.perf_counter() - t0
             if name.startswith("semi_"):
                 fraction, s = name.removeprefix("semi_").split("_seed")
                 results.setdefault("semi", {}).setdefault(fraction, {})[f"seed{s}"] = run
@@ -265,8 +270,7 @@ def run_finetune(params: Params, store_dir: Path, target_dir: Path,
     metrics: dict[str, Any] = {
         **per_model, "delta": _delta(per_model["mamp"], per_model["stars"]),
         "chance": chance, "protocols": list(cfg.protocols), "epochs": cfg.epochs,
-        "label_fractions": list(cfg.label_fractions), "seeds": list(cfg.seeds),
-        "processes": dist.world_size()}
+        "label_fractions": list(cfg.label_fractions), "seeds": list(cfg.seeds)}
     if "transfer" in tasks:
         t = tasks["transfer"][0]
         metrics["transfer_target"] = {"source": params.transfer.source,
@@ -279,4 +283,7 @@ def run_finetune(params: Params, store_dir: Path, target_dir: Path,
         atomic_write_json(metrics_path, metrics)
         tracker.log_metrics(_flat({k: metrics[k] for k in (*MODELS, "delta", "chance")}))
         tracker.log_artifact(metrics_path, "finetune")
+    write_timing(Path(metrics_path), "finetune",
+                 {"wall_time_s": time.perf_counter() - start, "processes": dist.world_size(),
+                  **timing}, tracker)
     return metrics

@@ -22,8 +22,9 @@ from torch.utils.data import DataLoader
 
 from pipeline.core import dist
 from pipeline.core.config import Params, to_dict
-from pipeline.core.errors import ConfigError, UserError
-from pipeline.core.stage import write_outputs
+from pipeline.core.errors import ConfigError
+from pipeline.core.stage import write_outputs, write_timing
+from pipeline.data.checks import check_data_params
 from pipeline.data.dataset import GlobalBatchSampler, SkeletonDataset, make_loader
 from pipeline.data.store import Store
 from pipeline.data.transforms import TrainTransform
@@ -41,17 +42,16 @@ def mamp_step(model: torch.nn.Module, batch: dict[str, torch.Tensor]
 
 def run_pretrain(params: Params, store_dir: Path, ckpt_dir: Path, metrics_path: Path,
                  plots_dir: Path, tracker: Any) -> dict[str, float]:
-    """Pretrain MAMP for `pretrain.epochs` epochs; returns the metrics written to JSON."""
+    """Pretrain MAMP for `pretrain.epochs` epochs; returns the results (written to
+    `metrics_path`) and the timing (written to `timing.json` beside it) in one dict."""
     cfg, model_cfg = params.pretrain, params.model
     world = dist.world_size()
     if cfg.batch_size % world:
         raise ConfigError(f"pretrain.batch_size: {cfg.batch_size} is invalid: must be "
                           f"divisible by the number of processes ({world})")
     store = Store.open(store_dir)
+    check_data_params(params, store, "pretrain")
     rows = store.select(split="train", novel=False)
-    if len(rows) < cfg.batch_size:
-        raise UserError(f"{store_dir}: {len(rows)} training samples, fewer than one global "
-                        f"batch (pretrain.batch_size {cfg.batch_size}); lower the batch size")
     dataset = SkeletonDataset(store, rows, TrainTransform(
         frames_out=model_cfg.frames, crop_min=cfg.crop_min, crop_floor=cfg.crop_floor,
         rotate=cfg.rotate))
@@ -79,14 +79,16 @@ def run_pretrain(params: Params, store_dir: Path, ckpt_dir: Path, metrics_path: 
     wall = time.perf_counter() - start
 
     speed = statistics.median(h["samples_per_s"] for h in history)
-    metrics = {"final_loss": history[-1]["loss"], "epochs": len(history),
-               "train_samples": len(rows), "global_batch": cfg.batch_size, "processes": world,
-               "median_samples_per_s": speed,
-               "parameters": sum(p.numel() for p in model.parameters()),
-               "encoder_parameters": sum(p.numel() for n, p in model.named_parameters()
-                                         if not n.startswith(("decoder", "mask_token"))),
-               "tokens_per_sample": model.num_tokens, "kept_tokens": model.num_keep,
-               "wall_time_s": wall}
+    metrics = {"final_loss": history[-1]["loss"]}
+    timing = {"epochs": len(history), "train_samples": len(rows),
+              "global_batch": cfg.batch_size, "processes": world,
+              "median_samples_per_s": speed,
+              "parameters": sum(p.numel() for p in model.parameters()),
+              "encoder_parameters": sum(p.numel() for n, p in model.named_parameters()
+                                        if not n.startswith(("decoder", "mask_token"))),
+              "tokens_per_sample": model.num_tokens, "kept_tokens": model.num_keep,
+              "wall_time_s": wall}
     write_outputs(metrics_path, metrics, Path(plots_dir) / "loss.csv", history,
                   ["epoch", "loss", "lr"], tracker)
-    return metrics
+    write_timing(metrics_path, "pretrain", timing, tracker)
+    return metrics | timing

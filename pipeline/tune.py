@@ -31,8 +31,8 @@ from torch.utils.data import DataLoader
 from pipeline.core import dist
 from pipeline.core.config import Params, to_dict
 from pipeline.core.errors import ConfigError, UserError
-from pipeline.core.io import file_sha256
-from pipeline.core.stage import write_outputs
+from pipeline.core.stage import write_outputs, write_timing
+from pipeline.data.checks import check_data_params
 from pipeline.data.dataset import GlobalBatchSampler, SkeletonDataset, make_loader
 from pipeline.data.store import Store
 from pipeline.data.transforms import TestTransform
@@ -71,15 +71,17 @@ def stars_step(model: torch.nn.Module, batch: dict[str, torch.Tensor]
     return model(x, batch["index"]), {}
 
 
-def _load_pretrained(model: STARS, path: Path) -> None:
-    """Encoder weights from a MAMP checkpoint (decoder keys ignored); errors name the file."""
-    state = checkpoint.load(path)["model"]
+def _load_pretrained(model: STARS, path: Path) -> str:
+    """Encoder weights from a MAMP checkpoint (decoder keys ignored), read by rank 0 and sent
+    to the others (only node 0 holds it); returns their `weights_digest`. Errors name the file."""
+    state = dist.broadcast_object(checkpoint.load(path)["model"] if dist.is_main() else None)
     try:
         model.load_encoder(state)
     except (KeyError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise UserError(f"{path}: does not fit the configured encoder ({first}); set the "
                         f"`model:` section of params.yaml to the pretrained sizes") from None
+    return checkpoint.weights_digest(state)
 
 
 def _sharded_features(model: STARS, store: Store, rows: np.ndarray, transform: TestTransform,
@@ -97,7 +99,8 @@ def _sharded_features(model: STARS, store: Store, rows: np.ndarray, transform: T
 
 def run_tune(params: Params, store_dir: Path, pretrain_ckpt: Path, ckpt_dir: Path,
              metrics_path: Path, plots_dir: Path, tracker: Any) -> dict[str, Any]:
-    """Tune for `tune.epochs` epochs; returns the metrics written to JSON."""
+    """Tune for `tune.epochs` epochs; returns the results (written to `metrics_path`) and
+    the timing (written to `timing.json` beside it) in one dict."""
     cfg, model_cfg = params.tune, params.model
     world = dist.world_size()
     if cfg.batch_size % world:
@@ -110,9 +113,7 @@ def run_tune(params: Params, store_dir: Path, pretrain_ckpt: Path, ckpt_dir: Pat
     base = store.select(split="train", novel=False)
     labels = store.index["label"].to_numpy()
     train_rows, val_rows = split_validation(base, labels[base], cfg.val_fraction, cfg.val_seed)
-    if len(train_rows) < cfg.batch_size:
-        raise UserError(f"{store_dir}: {len(train_rows)} tuning samples, fewer than one global "
-                        f"batch (tune.batch_size {cfg.batch_size}); lower the batch size")
+    check_data_params(params, store, "tune", tune_split=(train_rows, val_rows))
 
     views = ViewTransform(cfg.view, model_cfg.frames, mask_ratio=cfg.view_mask_ratio,
                           t_patch=model_cfg.t_patch, crop_min=params.pretrain.crop_min,
@@ -125,7 +126,7 @@ def run_tune(params: Params, store_dir: Path, pretrain_ckpt: Path, ckpt_dir: Pat
 
     seed_everything(cfg.seed)   # the same head on every rank and every run
     model = STARS(model_cfg, cfg)
-    _load_pretrained(model, pretrain_ckpt)
+    pretrained = _load_pretrained(model, pretrain_ckpt)
     groups = tuning_param_groups(model, cfg, model_cfg.depth)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -158,7 +159,9 @@ def run_tune(params: Params, store_dir: Path, pretrain_ckpt: Path, ckpt_dir: Pat
     if cfg.view == "crop_rotate":
         config["views"] = {k: getattr(params.pretrain, k) for k in ("crop_min", "crop_floor",
                                                                    "rotate")}
-    semantic = {**config, "pretrained": file_sha256(pretrain_ckpt)}
+    # resume key: the pretrained weights, not the file (a re-run of pretrain that gives the
+    # same weights writes other timings into it, and must not restart tuning)
+    semantic = {**config, "pretrained": pretrained}
     start = time.perf_counter()
     history = fit(model, stars_step, groups, loader_factory, loop, ckpt_dir=ckpt_dir,
                   kind="stars", config=config,
@@ -167,9 +170,9 @@ def run_tune(params: Params, store_dir: Path, pretrain_ckpt: Path, ckpt_dir: Pat
     wall = time.perf_counter() - start
 
     curve = [h["val_knn"] for h in history if "val_knn" in h]
-    metrics: dict[str, Any] = {
-        "final_loss": history[-1]["loss"], "epochs": len(history),
-        "train_samples": len(train_rows), "val_samples": len(val_rows),
+    metrics: dict[str, Any] = {"final_loss": history[-1]["loss"]}
+    timing = {
+        "epochs": len(history), "train_samples": len(train_rows), "val_samples": len(val_rows),
         "global_batch": cfg.batch_size, "processes": world,
         "median_samples_per_s": statistics.median(h["samples_per_s"] for h in history),
         "trainable_parameters": trainable,
@@ -181,4 +184,5 @@ def run_tune(params: Params, store_dir: Path, pretrain_ckpt: Path, ckpt_dir: Pat
                         "best_epoch": history[best]["epoch"], "val_knn_curve": curve})
     write_outputs(metrics_path, metrics, Path(plots_dir) / "curves.csv", history,
                   ["epoch", "loss", "val_knn"], tracker)
-    return metrics
+    write_timing(metrics_path, "tune", timing, tracker)
+    return metrics | timing

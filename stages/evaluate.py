@@ -13,12 +13,15 @@ def main() -> None:
     parser.add_argument("--mamp", type=Path, required=True, help="MAMP checkpoint")
     parser.add_argument("--stars", type=Path, required=True, help="STARS checkpoint")
     parser.add_argument("--features", type=Path, required=True, help="feature cache folder")
+    parser.add_argument("--probe", type=Path, required=True,
+                        help="paper-mode linear probe checkpoints (persistent)")
     parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON")
     parser.add_argument("--plots", type=Path, required=True, help="plots folder")
     args = parser.parse_args()
-    with stage_context("evaluate") as (params, tracker):
-        run_evaluate(params, args.data, args.mamp, args.stars, args.features, args.metrics,
-                     args.plots, tracker)
+    outputs = (args.features, args.probe, args.metrics, args.plots)
+    with stage_context("evaluate", outputs=outputs) as (params, tracker):
+        run_evaluate(params, args.data, args.mamp, args.stars, args.features, args.probe,
+                     args.metrics, args.plots, tracker)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ def main() -> None:
     parser.add_argument("--ckpt", type=Path, required=True, help="checkpoint folder")
     parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON")
     args = parser.parse_args()
-    with stage_context("finetune", distributed=True) as (params, tracker):
+    with stage_context("finetune", distributed=True,
+                       outputs=(args.ckpt, args.metrics)) as (params, tracker):
         run_finetune(params, args.data, args.target, {"mamp": args.mamp, "stars": args.stars},
                      args.ckpt, args.metrics, tracker)
 

@@ -15,7 +15,8 @@ def main() -> None:
     parser.add_argument("--target", action="store_true",
                         help="the transfer target (params group `transfer`), not `data`")
     args = parser.parse_args()
-    with stage_context("preprocess_target" if args.target else "preprocess") as (params, tracker):
+    name = "preprocess_target" if args.target else "preprocess"
+    with stage_context(name, outputs=(args.out, args.metrics)) as (params, tracker):
         data = params.transfer.as_data() if args.target else params.data
         metrics = preprocess(data, params.preprocess, args.out)
         atomic_write_json(args.metrics, metrics)

@@ -14,7 +14,8 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON")
     parser.add_argument("--plots", type=Path, required=True, help="plots folder")
     args = parser.parse_args()
-    with stage_context("pretrain", distributed=True) as (params, tracker):
+    with stage_context("pretrain", distributed=True,
+                       outputs=(args.ckpt, args.metrics, args.plots)) as (params, tracker):
         run_pretrain(params, args.data, args.ckpt, args.metrics, args.plots, tracker)
 
 

@@ -12,7 +12,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, required=True, help="report folder")
     args = parser.parse_args()
-    with stage_context("report") as (params, _tracker):
+    with stage_context("report", outputs=(args.out,)) as (params, _tracker):
         root = repo_root()
         path = build_report(root, params.report, args.out)
         print(f"report written to {path}")

@@ -15,7 +15,7 @@ def main() -> None:
     parser.add_argument("--layout", choices=("ntu", "pku"), default="ntu")
     args = parser.parse_args()
     name = "synthesize" if args.layout == "ntu" else "synthesize_target"
-    with stage_context(name) as (params, tracker):
+    with stage_context(name, outputs=(args.out,)) as (params, tracker):
         if args.layout == "pku":
             summary = generate_pku(params.synth, params.transfer, args.out)
         else:

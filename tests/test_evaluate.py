@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from pipeline.core.config import parse_params
-from pipeline.core.errors import UserError
+from pipeline.core.errors import ConfigError, UserError
 from pipeline.data.dataset import SkeletonDataset
 from pipeline.data.store import Store
 from pipeline.data.transforms import TestTransform
@@ -83,9 +84,31 @@ def setup(tmp_path_factory):
 
 
 def evaluate(root: Path, params, store, mamp, stars, tracker=None):
-    return run_evaluate(params, store, mamp, stars, root / "features",
+    return run_evaluate(params, store, mamp, stars, root / "features", root / "probe",
                         root / "metrics" / "evaluate.json", root / "plots", tracker or
                         RecordingTracker())
+
+
+@pytest.mark.parametrize("change, key, message", [
+    ({"knn_k": [1, 19]}, "eval.knn_k",
+     "19 is invalid: the store {store} holds 18 samples in the kNN bank (base-class"),
+    ({"fewshot_knn_k": [13]}, "eval.fewshot_knn_k",
+     "13 is invalid: the store {store} holds 12 samples in the few-shot kNN bank"),
+    ({"probe_mode": "paper", "probe_batch_size": 19}, "eval.probe_batch_size",
+     "19 is invalid: the store {store} holds 18 base-class training samples"),
+    ({"fewshot_ways": [2, 4]}, "eval.fewshot_ways", "4 is invalid: 3 novel classes"),
+    ({"fewshot_shots": [1, 8]}, "eval.fewshot_shots", "8 is too many: novel class 3 has 8"),
+    ({"fewshot_queries": 8}, "eval.fewshot_queries", "8 is too many: novel class 3 has 8"),
+])
+def test_data_dependent_key_is_checked_before_any_feature_extraction(setup, tmp_path, change,
+                                                                      key, message):
+    _, _, store, mamp, stars = setup
+    params = parse_params({**TINY, "eval": {**TINY["eval"], **change}})
+    with pytest.raises(ConfigError) as err:
+        evaluate(tmp_path, params, store, mamp, stars)
+    assert str(err.value).startswith(f"{key}: {message.format(store=store)}"), err.value
+    assert re.findall(r"\b(?:tune|eval|pretrain)\.\w+", str(err.value)) == [key]
+    assert not (tmp_path / "features").exists()  # no feature extracted
 
 
 def test_compare_gives_both_models_the_same_keys_and_delta_is_the_difference():
@@ -157,7 +180,7 @@ def test_paper_mode_probe_trains_through_the_encoder(setup, tmp_path):
     metrics = evaluate(tmp_path, paper, store, mamp, stars)
     assert metrics["probe_mode"] == "paper"
     assert 0.0 <= metrics["stars"]["linear_top1"] <= metrics["stars"]["linear_top5"] <= 1.0
-    assert (tmp_path / "features" / "probe_stars" / "last.pt").is_file()
+    assert (tmp_path / "probe" / "stars" / "last.pt").is_file()
     curve = list(csv.DictReader((tmp_path / "plots" / "mamp_probe_curve.csv").open()))
     assert len(curve) == 2
 

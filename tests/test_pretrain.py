@@ -50,7 +50,9 @@ def run(tmp: Path, store: Path, **pretrain):
 def test_run_pretrain_writes_metrics_plot_and_checkpoint(tmp_path):
     store = write_store(tmp_path / "store")
     metrics = run(tmp_path, store)
-    assert json.loads((tmp_path / "metrics" / "pretrain.json").read_text()) == metrics
+    results = json.loads((tmp_path / "metrics" / "pretrain.json").read_text())
+    timing = json.loads((tmp_path / "metrics" / "timing.json").read_text())["pretrain"]
+    assert set(results) == {"final_loss"} and results | timing == metrics  # no timing in DVC
     assert metrics["epochs"] == 2 and metrics["train_samples"] == 8
     assert (metrics["tokens_per_sample"], metrics["kept_tokens"]) == (50, 4)
     assert np.isfinite(metrics["final_loss"]) and metrics["median_samples_per_s"] > 0
@@ -79,12 +81,16 @@ def test_longer_run_resumes_from_the_shorter_one_only_when_config_matches(tmp_pa
     assert changed["final_loss"] != first["final_loss"]
 
 
-def test_batch_larger_than_the_train_split_is_a_user_error(tmp_path):
-    from pipeline.core.errors import UserError
+def test_batch_larger_than_the_train_split_names_the_key_before_training(tmp_path):
+    from pipeline.core.errors import ConfigError
 
     store = write_store(tmp_path / "store")
-    with pytest.raises(UserError, match="8 training samples, fewer than one global batch"):
+    with pytest.raises(ConfigError) as err:
         run(tmp_path, store, batch_size=16)
+    assert str(err.value) == (f"pretrain.batch_size: 16 is invalid: the store {store} holds 8 "
+                              f"base-class training samples (one global batch must fit); use "
+                              f"at most 8")
+    assert not (tmp_path / "ckpt").exists()
 
 
 SCRIPT = textwrap.dedent("""
@@ -102,7 +108,7 @@ SCRIPT = textwrap.dedent("""
 
     def main(store, out, nproc, port):
         cfg = DistConfig(nproc=nproc, rdzv_endpoint=f"127.0.0.1:{{port}}")
-        maybe_relaunch(cfg, [__file__, str(store), str(out), str(nproc), str(port)])
+        maybe_relaunch(cfg, [__file__, str(store), str(out), str(nproc), str(port)], "pretrain")
         dist.init(cfg)
         params = parse_params({{**TINY, "dist": {{"nproc": nproc}}}})
         out = Path(out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 
 from pipeline.core.config import parse_params
 from pipeline.core.errors import ConfigError
+from pipeline.core.io import file_sha256
 from pipeline.core.tracking import NullTracker
 from pipeline.data import transforms
 from pipeline.eval.features import load_encoder
@@ -78,7 +80,10 @@ def test_validation_split_is_stratified_disjoint_and_reproducible():
 
 def test_run_tune_writes_checkpoints_metrics_and_curves_with_published_keys(tmp_path):
     params, metrics, pretrained = tune(tmp_path)
-    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    results = json.loads((tmp_path / "metrics.json").read_text())
+    timing = json.loads((tmp_path / "timing.json").read_text())["tune"]
+    assert set(results) == {"final_loss", "val_knn_last", "val_knn_best", "best_epoch",
+                            "val_knn_curve"} and results | timing == metrics
     assert (metrics["epochs"], metrics["train_samples"], metrics["val_samples"]) == (2, 9, 3)
     assert len(metrics["val_knn_curve"]) == 2 and 0 <= metrics["val_knn_last"] <= 1
     assert metrics["best_epoch"] in (0, 1) and np.isfinite(metrics["final_loss"])
@@ -100,6 +105,29 @@ def test_run_tune_writes_checkpoints_metrics_and_curves_with_published_keys(tmp_
                            pretrained["blocks.1.mlp.fc1.weight"])
 
 
+def test_resume_key_is_the_pretrained_weights_not_the_file_bytes(tmp_path, capsys):
+    """A pretrain re-run that gives the same weights rewrites last.pt with other timings:
+    tune resumes. Changed weights start tune afresh."""
+    params, _, _ = tune(tmp_path, epochs=1)
+    first = checkpoint.load(tmp_path / "ckpt" / "last.pt")["extra"]["history"]
+    mamp = checkpoint.load(tmp_path / "mamp.pt")
+    before = file_sha256(tmp_path / "mamp.pt")
+    checkpoint.save(tmp_path / "mamp.pt", {**mamp, "extra": {"history": [{"wall_s": 1.5}]}})
+    assert file_sha256(tmp_path / "mamp.pt") != before
+    args = (tmp_path / "store", tmp_path / "mamp.pt", tmp_path / "ckpt", tmp_path / "m.json",
+            tmp_path / "plots", NullTracker())
+    capsys.readouterr()
+    run_tune(params, *args)
+    assert "resuming after epoch 1" in capsys.readouterr().out
+    # nothing re-trained: the epochs and their timings are the first run's
+    assert checkpoint.load(tmp_path / "ckpt" / "last.pt")["extra"]["history"] == first
+
+    mamp["model"]["pos_embed"] += 1e-3
+    checkpoint.save(tmp_path / "mamp.pt", mamp)
+    run_tune(params, *args)
+    assert "starting fresh" in capsys.readouterr().out
+
+
 def test_head_warmup_trains_the_encoder_only_after_its_epochs(tmp_path):
     tune(tmp_path, epochs=3, head_warmup_epochs=2, val_fraction=0.0)
     last = checkpoint.load(tmp_path / "ckpt" / "last.pt")
@@ -109,6 +137,20 @@ def test_head_warmup_trains_the_encoder_only_after_its_epochs(tmp_path):
     per_epoch = 12 // 4                        # 12 base-class train samples, batch 4
     assert steps["head.predictor.0.weight"] == 3 * per_epoch
     assert steps["blocks.1.mlp.fc1.weight"] == steps["norm.weight"] == 1 * per_epoch
+
+
+@pytest.mark.parametrize("key, value, holds", [
+    ("batch_size", 10, "9 tuning samples after the validation split"),
+    ("val_k", 10, "9 samples in the validation kNN bank"),
+])
+def test_data_dependent_key_is_checked_before_any_training(tmp_path, key, value, holds):
+    with pytest.raises(ConfigError) as err:
+        tune(tmp_path, **{key: value})
+    message = str(err.value)
+    assert message.startswith(f"tune.{key}: {value} is invalid: the store {tmp_path / 'store'} "
+                              f"holds {holds}") and message.endswith("use at most 9")
+    assert re.findall(r"\b(?:tune|eval|pretrain)\.\w+", message) == [f"tune.{key}"]
+    assert not (tmp_path / "ckpt").exists()  # nothing trained
 
 
 def test_head_warmup_must_leave_epochs_to_tune(tmp_path):

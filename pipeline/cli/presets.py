@@ -1,6 +1,7 @@
 """Paper presets (`presets/<name>.yaml`): dotted `group.key: value` overrides of params.yaml.
 
-`make exp PRESET=ntu60-xsub` runs `dvc exp run` with `-S` flags built by `preset_args`.
+`make exp PRESET=ntu60-xsub` checks `preset_params` (values and raw data, `python -m pipeline
+check --preset`), then runs `dvc exp run` with the `-S` flags built by `preset_args`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.core.config import load_params, parse_params, to_dict
+from pipeline.core.config import Params, ParamsLoader, load_params, parse_params, to_dict
 from pipeline.core.errors import ConfigError
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "presets"
@@ -27,20 +28,30 @@ def load_preset(name: str, base: dict) -> dict[str, object]:
         raise ConfigError(f"preset {name!r} not found in {PRESET_DIR}; "
                           f"available: {', '.join(available())}")
     try:
-        overrides = yaml.safe_load(path.read_text()) or {}
+        overrides = yaml.load(path.read_text(), Loader=ParamsLoader) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    try:
+        _merged(base, overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return overrides
+
+
+def _merged(base: dict, overrides: dict[str, object]) -> Params:
     merged = json.loads(json.dumps(base))
     for dotted, value in overrides.items():
         group, _, key = dotted.partition(".")
         if not key:
-            raise ConfigError(f"{path}: {dotted!r} must be written group.key")
+            raise ConfigError(f"{dotted!r} must be written group.key")
         merged.setdefault(group, {})[key] = value
-    try:
-        parse_params(merged)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    return overrides
+    return parse_params(merged)
+
+
+def preset_params(name: str, params_path: str | Path = "params.yaml") -> Params:
+    """The validated parameters a preset's experiment would run with."""
+    base = to_dict(load_params(params_path))
+    return _merged(base, load_preset(name, base))
 
 
 def preset_args(name: str, params_path: str | Path = "params.yaml") -> list[str]:

@@ -3,21 +3,25 @@
 
 Usage::
 
-    dist.init(params.dist)                 # no-op without torchrun
+    dist.init(params.dist, agree_on={"stage": "pretrain"})  # no-op without torchrun
     device = dist.device()                 # cuda:<local rank> when present, else cpu
     if dist.is_main(): ...                 # rank 0 alone logs and checkpoints
     z_all = dist.all_gather_with_grad(z)   # (world * N, D); identity in one process
+    state = dist.broadcast_object(load() if dist.is_main() else None)  # only node 0 reads
     dist.teardown()
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.distributed as tdist
 
 from pipeline.core.config import DistConfig
+from pipeline.core.errors import UserError
 
 
 def is_initialized() -> bool:
@@ -48,9 +52,10 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
-def init(cfg: DistConfig | None = None) -> bool:
+def init(cfg: DistConfig | None = None, agree_on: Mapping[str, str] | None = None) -> bool:
     """Join the process group when started by torchrun (WORLD_SIZE > 1); returns whether
-    distributed. Backend: nccl on CUDA, gloo on CPU, unless `cfg.backend` names one."""
+    distributed. Backend: nccl on CUDA, gloo on CPU, unless `cfg.backend` names one.
+    `agree_on` is checked with `agree` once joined (e.g. stage name and params digest)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_initialized():
         return is_initialized()
     backend = cfg.backend if cfg is not None else "auto"
@@ -59,6 +64,7 @@ def init(cfg: DistConfig | None = None) -> bool:
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
     tdist.init_process_group(backend=backend)
+    agree(agree_on or {})
     return True
 
 
@@ -97,3 +103,28 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     """Mean of `t` over ranks (a new detached tensor)."""
     return all_reduce_sum(t) / world_size()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank `src`'s `obj` on every rank (pickled), e.g. a checkpoint only node 0 holds."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    tdist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def agree(values: Mapping[str, str]) -> None:
+    """Raise a UserError naming the first of `values` (name -> value) in which some node
+    differs from rank 0, and those nodes (torchrun's GROUP_RANK)."""
+    if world_size() == 1 or not values:
+        return
+    mine = (int(os.environ.get("GROUP_RANK", "0")), dict(values))
+    gathered: list[Any] = [None] * world_size()
+    tdist.all_gather_object(gathered, mine)
+    for name in values:
+        odd = sorted({node for node, v in gathered if v.get(name) != gathered[0][1].get(name)})
+        if odd:
+            raise UserError(f"node(s) {odd} differ from node 0 in {name}: every node must run "
+                            "the same stage with a copy of node 0's params.yaml and data "
+                            "(README, Scaling out)")

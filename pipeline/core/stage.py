@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
+import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -18,27 +20,32 @@ from typing import Any
 
 from pipeline.core.config import Params, load_params
 from pipeline.core.errors import UserError
-from pipeline.core.io import atomic_write_json, atomic_write_text
+from pipeline.core.io import atomic_write_json, atomic_write_text, sweep_temps
+
+TIMING_FILE = "timing.json"
 
 
 @contextlib.contextmanager
-def stage_context(name: str, params_path: str = "params.yaml",
-                  distributed: bool = False) -> Iterator[tuple[Params, object]]:
-    """Load params, (re)launch under torchrun when `dist` asks for it, open the MLflow run.
+def stage_context(name: str, params_path: str = "params.yaml", distributed: bool = False,
+                  outputs: Sequence[str | Path] = ()) -> Iterator[tuple[Params, object]]:
+    """Remove what killed runs left of `outputs` (`sweep_temps`), load params, (re)launch
+    under torchrun when `dist` asks for it, open the MLflow run.
 
     User errors become one line on stderr and exit status 2; bugs keep their traceback.
     """
     from pipeline.core import dist
     from pipeline.core.tracking import start_run
 
+    if int(os.environ.get("RANK", "0")) == 0:   # the launcher, or rank 0 before any write
+        sweep_temps(outputs)
     try:
         params = load_params(params_path)
         if distributed:
-            from pipeline.core.launch import ensure_fast_allocator, maybe_relaunch
+            from pipeline.core.launch import ensure_fast_allocator, maybe_relaunch, run_identity
 
             ensure_fast_allocator(sys.argv)
-            maybe_relaunch(params.dist, sys.argv)
-            dist.init(params.dist)
+            maybe_relaunch(params.dist, sys.argv, name)
+            dist.init(params.dist, agree_on=run_identity(name, params))
         try:
             with start_run(name, params) as tracker:
                 yield params, tracker
@@ -67,3 +74,21 @@ def write_outputs(metrics_path: Path, metrics: Mapping[str, Any], curve_path: Pa
     atomic_write_text(curve_path, buf.getvalue())
     tracker.log_metrics({k: v for k, v in metrics.items() if not isinstance(v, list)},
                         step=len(history))
+
+
+def write_timing(metrics_path: Path, stage: str, timing: Mapping[str, Any], tracker: Any) -> None:
+    """A stage's timings, throughputs and sizes (rank 0 only): to the tracker and, under the
+    stage's key, to `timing.json` beside its metrics. Not a DVC metric: they change on every
+    run and would bury the results in `dvc exp show`; three stages write it, so it is no
+    stage's output either (git ignores it)."""
+    from pipeline.core import dist
+
+    if not dist.is_main():
+        return
+    path = Path(metrics_path).parent / TIMING_FILE
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}   # first stage, or a file cut short: start afresh
+    atomic_write_json(path, {**(known if isinstance(known, dict) else {}), stage: dict(timing)})
+    tracker.log_metrics({f"timing/{k}": v for k, v in timing.items()})

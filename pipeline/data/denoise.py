@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.core.errors import DataError
+from pipeline.data.issues import BadFile
 from pipeline.data.ntu import JOINTS, RawSkeleton
 
 NOISE_LEN = 11  # tracks of <= 11 frames are noise
@@ -131,8 +131,9 @@ def assign_actors(tracks: list[Track], num_frames: int, path: str) -> np.ndarray
         # Packed from its first frame, a track listed twice in some frame runs past the end;
         # the reference fails when it places such a track, so do we.
         if t.end >= num_frames:
-            raise DataError(f"{path}: expected each body ID at most once per frame, got ID "
-                            f"{t.body_id} {len(t.joints)} times in {num_frames} frames")
+            raise BadFile(path, None, "duplicate_body_id", f"expected each body ID at most "
+                          f"once per frame, got ID {t.body_id} {len(t.joints)} times in "
+                          f"{num_frames} frames")
         out[t.start:t.end + 1, slot] = t.joints
         t.fate = f"actor {slot + 1}"
 
@@ -156,15 +157,16 @@ def denoise(raw: RawSkeleton) -> tuple[np.ndarray, dict]:
     """Denoise, assign actors and centre one sequence -> (float32 (T, 2, V, C), info)."""
     tracks, num_frames = tracks_of(raw)
     if not tracks:
-        raise DataError(f"{raw.path}: expected at least one frame with a body, got none")
+        raise BadFile(raw.path, None, "no_usable_body",
+                      "expected at least one frame with a body, got none")
     if len(tracks) == 1:
         # One body ID: the reference skips denoising and keeps every frame.
         kept, width = tracks, 1
     else:
         kept = select_tracks(tracks)
         if not kept:
-            raise DataError(f"{raw.path}: expected a body tracked for more than {NOISE_LEN} "
-                            f"frames, got none")
+            raise BadFile(raw.path, None, "no_usable_body", f"expected a body tracked for "
+                          f"more than {NOISE_LEN} frames, got none")
         width = 1 if len(kept) == 1 else 2
     out = assign_actors(kept, num_frames, raw.path)
     T = num_frames
@@ -182,8 +184,8 @@ def denoise(raw: RawSkeleton) -> tuple[np.ndarray, dict]:
         absent[:, 0] = False  # the reference subtracts from every frame of a lone actor
     origin_ok = np.any(out[:, 0] != 0, axis=(1, 2)) & np.isfinite(out[:, 0, SPINE_MID]).all(1)
     if not origin_ok.any():
-        raise DataError(f"{raw.path}: expected a finite spine-mid joint for actor 1, got NaN "
-                        f"in every frame")
+        raise BadFile(raw.path, None, "no_usable_body", "expected a finite spine-mid joint "
+                      "for actor 1, got NaN in every frame")
     origin = out[int(np.argmax(origin_ok)), 0, SPINE_MID].copy()
     out -= origin
     out[absent] = 0
@@ -192,7 +194,8 @@ def denoise(raw: RawSkeleton) -> tuple[np.ndarray, dict]:
     nan_frames = int(T - finite.sum())
     out = out[finite]
     if len(out) == 0:
-        raise DataError(f"{raw.path}: expected a frame without NaN, got NaN in every frame")
+        raise BadFile(raw.path, None, "no_usable_body",
+                      "expected a frame without NaN, got NaN in every frame")
     info = {
         "frames_in_file": raw.frames,
         "empty_frames": raw.frames - num_frames,

@@ -1,7 +1,10 @@
-"""One-screen summary of a raw `.skeleton` file (CLI: `python -m pipeline inspect FILE`).
+"""One-screen summary of a raw `.skeleton` file or a packed store
+(CLI: `python -m pipeline inspect PATH`).
 
-Shows the name fields, the frame and body counts, every body ID with its frame span, what the
-reference denoiser keeps (and why it drops the rest), and the final length.
+For a file: the name fields, the frame and body counts, every body ID with its frame span,
+what the reference denoiser keeps (and why it drops the rest), and the final length. For a
+store folder: its fingerprint is verified (every byte reread), then samples per split, classes
+and frames.
 """
 
 from __future__ import annotations
@@ -14,11 +17,15 @@ import numpy as np
 from pipeline.core.errors import DataError
 from pipeline.data.denoise import denoise
 from pipeline.data.ntu import parse_name, read_skeleton
+from pipeline.data.store import Store
 
 
 def summarize(path: str | Path) -> str:
-    """A human-readable summary of one `.skeleton` file; DataError if it cannot be read."""
+    """A human-readable summary of one `.skeleton` file or a store folder; DataError if it
+    cannot be read (or the store does not match its fingerprint)."""
     path = Path(path)
+    if path.is_dir():
+        return summarize_store(path)
     lines = [f"{path}"]
     try:
         s = parse_name(path)
@@ -50,3 +57,16 @@ def summarize(path: str | Path) -> str:
     lines.append(f"  final: {info['frames']} frames, {info['actors']} actor(s), "
                  f"shape {tuple(out.shape)}")
     return "\n".join(lines)
+
+
+def summarize_store(directory: Path) -> str:
+    """Store folder -> samples per split, classes, frames (after `Store.verify`)."""
+    store = Store.open(directory)
+    store.verify()
+    index, meta = store.index, store.meta
+    parts = ", ".join(f"{n} {split}{' novel' if novel else ''}" for (split, novel), n in
+                      index.groupby(["split", "novel"]).size().items())
+    head = f"{directory}: {meta.get('dataset')} {meta.get('benchmark')}, fingerprint verified"
+    return (f"{head}\n  {len(store)} samples ({parts or 'none'}), {len(meta['class_names'])} "
+            f"classes ({len(meta.get('novel_labels', []))} novel), {meta['frames_shape'][0]} "
+            f"frames")

@@ -41,6 +41,7 @@ import numpy as np
 from pipeline.core.errors import DataError
 from pipeline.core.io import atomic_path, file_sha256
 from pipeline.data import splits
+from pipeline.data.issues import Issue
 from pipeline.data.pku import read_class_names
 from pipeline.data.store import SampleMeta, Store, StoreWriter
 
@@ -68,6 +69,11 @@ def sample_meta(name: str, label: int, split: str) -> SampleMeta:
     setup, camera, performer, replication = (int(g) for g in m.groups()[:4]) if m else (0,) * 4
     return SampleMeta(name=name, label=label, performer=performer, camera=camera, setup=setup,
                       replication=replication, split=split, novel=False)
+
+
+def _issue(src: Path, sample: str, why: str) -> dict[str, Any]:
+    """The `issues` entry of a sample that cannot be stored."""
+    return {**Issue(str(src), None, "bad_sample", f"{sample}: {why}").record(), "sample": sample}
 
 
 def sample_problem(frames: np.ndarray) -> str | None:
@@ -131,7 +137,7 @@ def _npz_labels(zf: zipfile.ZipFile, key: str, n: int, path: Path) -> tuple[np.n
 
 def _import_npz(src: Path, writer_args: dict, out_dir: Path, on_error: str) -> dict[str, Any]:
     m: dict[str, Any] = {"samples": {"train": 0, "test": 0, "novel": 0}, "frames": 0,
-                         "skipped": 0, "issues": []}
+                         "issues": []}
     with zipfile.ZipFile(src) as zf:
         xs = {s: _open_npy(zf, f"x_{s}", src) for s in ("train", "test")}
         for s, (_, shape, dtype) in xs.items():
@@ -160,9 +166,7 @@ def _import_npz(src: Path, writer_args: dict, out_dir: Path, on_error: str) -> d
                             if on_error == "raise":
                                 raise DataError(f"{src}: x_{s} sample {i}: {why}; remove it or "
                                                 f"import with on_error skip")
-                            m["issues"].append({"file": str(src), "sample": f"x_{s}[{i}]",
-                                                "reason": why})
-                            m["skipped"] += 1
+                            m["issues"].append(_issue(src, f"x_{s}[{i}]", why))
                             continue
                         writer.add(sample_meta(f"{s}_{i:06d}", int(labels[i]), s), frames)
                         m["samples"][s] += 1
@@ -215,6 +219,8 @@ def _pyskl_frames(ann: dict) -> tuple[np.ndarray | None, str | None]:
     if not isinstance(kp, np.ndarray) or kp.ndim != 4 or kp.shape[2:] != (V, C):
         shape = getattr(kp, "shape", type(kp).__name__)
         return None, f"keypoint {shape}; expected (M, T, {V}, {C})"
+    if kp.dtype.kind not in "fiu":
+        return None, f"keypoint holds {kp.dtype} values; expected a float array"
     if not 1 <= kp.shape[0] <= M:
         return None, f"keypoint has {kp.shape[0]} actors; expected 1 or {M}"
     total = ann.get("total_frames", kp.shape[1])
@@ -254,7 +260,7 @@ def _import_pyskl(src: Path, writer_args: dict, out_dir: Path, benchmark: str, o
     k = max(labels) + 1
     listed = {s: set(split[key]) for s, key in (("train", f"{benchmark}_train"),
                                                  ("test", test_key))}
-    m: dict[str, Any] = {"format": "pyskl", "classes": k, "frames": 0, "skipped": 0,
+    m: dict[str, Any] = {"format": "pyskl", "classes": k, "frames": 0,
                          "samples": {"train": 0, "test": 0, "novel": 0},
                          "unlisted": len(by_name.keys() - listed["train"] - listed["test"]),
                          "issues": []}
@@ -262,8 +268,7 @@ def _import_pyskl(src: Path, writer_args: dict, out_dir: Path, benchmark: str, o
     def problem(name: str, why: str) -> None:
         if on_error == "raise":
             raise DataError(f"{src}: {name}: {why}; fix it or import with on_error skip")
-        m["issues"].append({"file": str(src), "sample": name, "reason": why})
-        m["skipped"] += 1
+        m["issues"].append(_issue(src, name, why))
 
     with StoreWriter(out_dir, class_names=class_names_for(k), **writer_args) as writer:
         for s in ("train", "test"):
@@ -307,6 +312,8 @@ def import_file(fmt: Literal["npz", "pyskl"], src: str | Path, out_dir: str | Pa
         except (zipfile.BadZipFile, ValueError) as exc:  # bad zip, bad .npy magic or header
             why = " ".join(str(exc).split())
             raise DataError(f"{src}: not a readable .npz ({why})") from None
+    m["skipped"] = {"count": len(m["issues"])} | ({"bad_sample": len(m["issues"])}
+                                                  if m["issues"] else {})
     return {"source": str(src), "benchmark": benchmark, **m}
 
 
@@ -326,6 +333,7 @@ def export_npz(store_dir: str | Path, dst: str | Path, max_frames: int = 300) ->
     .npz: x float32 (N, max_frames, 150), zero padded, longer samples truncated (counted);
     y float64 one-hot over the base classes in class-list order. Atomic."""
     store = Store.open(store_dir)
+    store.verify()  # an export is a copy for other tools: never of a silently modified store
     dst = Path(dst)
     novel = set(store.meta.get("novel_labels", []))
     base = [c for c in range(len(store.meta["class_names"])) if c not in novel]

@@ -12,8 +12,9 @@ videos, line 4 test videos, comma separated). Videos in neither list are counted
 
 Each label row `label,start,end,confidence` is one trimmed sample, frames [start, end),
 label 1..51 -> 0-based. Rows with start >= end, a label out of range, a range outside the
-video, a syntax error or a duplicate of an earlier row are reported (metrics `issues`;
-`preprocess.on_error: raise` stops with `file:line: reason`), never clipped. A skeleton
+video, a syntax error or a duplicate of an earlier row are reported (metrics `issues`, each
+{file, line, category, message}, counted per category in `skipped`; `preprocess.on_error:
+raise` stops with `file:line: reason`), never clipped. A skeleton
 file that does not parse (wrong number count, non-numeric token, not text) rejects its whole
 video, since its frame numbering can no longer be trusted.
 
@@ -45,6 +46,7 @@ import numpy as np
 
 from pipeline.core.config import DataConfig, PreprocessConfig
 from pipeline.core.errors import DataError
+from pipeline.data.issues import BadFile, Issue, read_input, sniff, tally, token
 from pipeline.data.splits import default_reference_dir
 from pipeline.data.store import SampleMeta, StoreWriter
 
@@ -60,19 +62,6 @@ SPLIT_FILES = {  # (phase, benchmark) -> file name
 
 
 @dataclass(frozen=True)
-class Issue:
-    """One reported problem: the file, the 1-based line (None for the whole file), why."""
-
-    file: str
-    line: int | None
-    reason: str
-
-    def __str__(self) -> str:
-        where = self.file if self.line is None else f"{self.file}:{self.line}"
-        return f"{where}: {self.reason}"
-
-
-@dataclass(frozen=True)
 class LabelRow:
     line: int
     label: int  # 0-based
@@ -83,19 +72,13 @@ class LabelRow:
 # --------------------------------------------------------------------------- readers
 
 
-def fail(path: Path, line: int | None, reason: str) -> DataError:
-    """A one-line DataError that also carries its Issue, for the skip report."""
-    exc = DataError(str(Issue(str(path), line, reason)))
-    exc.issue = Issue(str(path), line, reason)
-    return exc
-
-
-def read_text(path: Path) -> str:
-    try:
-        return path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise fail(path, None, f"not a text file (byte {exc.start} is not UTF-8); replace it "
-                               f"with the original PKU-MMD file") from None
+def read_text(path: Path, bom_ok: bool = False) -> str:
+    """A text file as str; BadFile for anything else (a byte-order mark only if `bom_ok`)."""
+    data = read_input(path)
+    if bom_ok:
+        data = data.removeprefix(b"\xef\xbb\xbf")
+    sniff(data, path)
+    return data.decode("utf-8")
 
 
 def read_skeleton(path: Path) -> np.ndarray:
@@ -105,23 +88,26 @@ def read_skeleton(path: Path) -> np.ndarray:
     while lines and not lines[-1].strip():  # trailing blank lines only; inner ones shift frames
         lines.pop()
     if not lines:
-        raise fail(path, None, "empty skeleton file (no frames)")
+        raise BadFile(path, None, "empty", "empty skeleton file (no frames)")
     rows = [line.split() for line in lines]
     for i, row in enumerate(rows):
+        bad = next((t for t in row if not _is_number(t)), None)
+        if bad is not None:  # before the count: a stray character is the real error
+            raise BadFile(path, i + 1, "bad_token", f"non-numeric token {token(bad)}")
         if len(row) != M * V * C:
-            raise fail(path, i + 1, f"expected {M * V * C} numbers per frame, got {len(row)} "
-                                    f"(truncated or corrupt file)")
-    try:
-        flat = np.array(rows, dtype=np.float64)
-    except ValueError:  # find the offending token; the fast path has no line numbers
-        for i, row in enumerate(rows):
-            for token in row:
-                try:
-                    float(token)
-                except ValueError:
-                    raise fail(path, i + 1, f"non-numeric token {token[:20]!r}") from None
-        raise
+            raise BadFile(path, i + 1, "truncated" if i == len(rows) - 1 else
+                          "wrong_value_count", f"expected {M * V * C} numbers per frame, got "
+                                               f"{len(row)} (truncated or corrupt file)")
+    flat = np.array(rows, dtype=np.float64)
     return flat.astype(np.float32).reshape(len(rows), M, V, C)
+
+
+def _is_number(tok: str) -> bool:
+    try:
+        float(tok)
+        return True
+    except ValueError:
+        return False
 
 
 def _check_row(fields: list[str], n_frames: int, num_classes: int) -> tuple[int, int, int] | str:
@@ -131,7 +117,7 @@ def _check_row(fields: list[str], n_frames: int, num_classes: int) -> tuple[int,
     try:
         label, start, end = (int(f) for f in fields[:3])
     except ValueError:
-        return f"label, start and end must be integers, got {','.join(fields[:3])!r}"
+        return f"label, start and end must be integers, got {token(','.join(fields[:3]))}"
     if not 1 <= label <= num_classes:
         return f"label {label} out of range 1..{num_classes}"
     if start < 0 or start >= end:
@@ -154,7 +140,7 @@ def read_labels(path: Path, n_frames: int, num_classes: int) -> tuple[list[Label
         if isinstance(row, tuple) and row in seen:
             row = f"duplicate of line {seen[row]}"
         if isinstance(row, str):
-            issues.append(Issue(str(path), i, row))
+            issues.append(Issue(str(path), i, "bad_label", row))
             continue
         seen[row] = i
         rows.append(LabelRow(i, row[0] - 1, row[1], row[2]))
@@ -166,7 +152,7 @@ def read_split(path: Path) -> tuple[list[str], list[str]]:
     if not path.is_file():
         raise DataError(f"{path}: PKU-MMD split file not found; set data.pku_split_dir to the "
                         f"folder holding the official split files")
-    lines = read_text(path).splitlines()
+    lines = read_text(path, bom_ok=True).splitlines()
     if len(lines) < 4:
         raise DataError(f"{path}: expected 4 lines (header, training videos, header, test "
                         f"videos), got {len(lines)}")
@@ -259,13 +245,14 @@ def _convert_video(job: _Job) -> _Result:
     out = _Result(job.video)
     if job.skeleton is None or job.label is None:
         have, missing = (job.label, "skeleton") if job.skeleton is None else (job.skeleton, "label")
-        out.video_issue = Issue(str(have), None, f"no {missing} file for video {job.video}")
+        out.video_issue = Issue(str(have), None, "missing_pair",
+                                f"no {missing} file for video {job.video}")
         return out
     try:
         frames = read_skeleton(job.skeleton)
         rows, out.row_issues = read_labels(job.label, len(frames), job.num_classes)
-    except DataError as exc:
-        out.video_issue = getattr(exc, "issue", Issue(str(job.skeleton), None, str(exc)))
+    except BadFile as exc:
+        out.video_issue = exc.issue
         return out
     out.rows = len(rows) + len(out.row_issues)
     frames, out.nan_frames = clean_actors(frames)
@@ -275,7 +262,7 @@ def _convert_video(job: _Job) -> _Result:
         sample = centre(clip)
         out.empty_frames += len(clip) - len(sample)
         if not len(sample):
-            out.empty.append(Issue(str(job.label), row.line,
+            out.empty.append(Issue(str(job.label), row.line, "no_skeleton",
                                    f"no skeleton in frames [{row.start}, {row.end})"))
             continue
         meta = SampleMeta(name=f"{job.video}_{row.line:03d}", label=row.label, performer=0,
@@ -307,7 +294,7 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Itera
 
 def read_class_names(reference_dir: Path | None = None) -> list[str]:
     path = (reference_dir or default_reference_dir()) / "pku_mmd_classes.txt"
-    names = [n.strip() for n in read_text(path).splitlines() if n.strip()]
+    names = [n.strip() for n in read_text(path, bom_ok=True).splitlines() if n.strip()]
     if len(names) != 51:
         raise DataError(f"{path}: expected 51 PKU-MMD class names, got {len(names)}")
     return names
@@ -348,16 +335,18 @@ def convert_pku(data: DataConfig, pre: PreprocessConfig, out_dir: str | Path,
         "videos_converted": 0, "videos_skipped": 0, "videos_unlisted": len(videos) - len(jobs),
         "videos_missing": len(split_of.keys() - set(videos)), "label_rows": 0,
         "samples": {"train": 0, "test": 0, "novel": 0}, "rows_rejected": 0, "samples_empty": 0,
-        "frames": 0, "nan_frames": 0, "empty_frames": 0, "issues": [],
+        "frames": 0, "nan_frames": 0, "empty_frames": 0,
     }
+    issues: list[Issue] = []
     with StoreWriter(out_dir, dataset=data.source, benchmark=data.benchmark,
                      class_names=class_names, novel_labels=[],
                      source_fingerprint=source_fingerprint(split_file, jobs)) as writer:
         for res in ordered_map(_convert_video, jobs, pre.workers):
             problems = ([res.video_issue] if res.video_issue else []) + res.row_issues
             if problems and pre.on_error == "raise":
-                raise DataError(f"{problems[0]}; fix the file or set preprocess.on_error: skip")
-            m["issues"] += [vars(i) for i in problems + res.empty]
+                raise DataError(f"{problems[0].message}; fix the file or set "
+                                f"preprocess.on_error: skip")
+            issues += problems + res.empty
             if res.video_issue:
                 m["videos_skipped"] += 1
                 continue
@@ -374,4 +363,6 @@ def convert_pku(data: DataConfig, pre: PreprocessConfig, out_dir: str | Path,
         if not any(m["samples"].values()):
             raise DataError(f"{raw}: no usable PKU-MMD samples for {data.benchmark} "
                             f"({len(jobs)} listed videos found); check data.raw_dir")
+    m["skipped"] = tally(issues)
+    m["issues"] = [i.record() for i in issues]
     return m

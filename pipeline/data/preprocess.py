@@ -4,13 +4,16 @@ Usage::
 
     metrics = preprocess(params.data, params.preprocess, Path("data/processed"))
 
-NTU-format sources (`synthetic`, `ntu60`, `ntu120`): every `*.skeleton` in `data.raw_dir` is
-accounted for exactly once in the metrics, as a stored sample (train / test / novel), an
-official missing sample (NTU lists, never read), a file outside the dataset (e.g. NTU-120
-files when the source is ntu60, or a repeated name), or a skipped file with its one-line
-reason (`preprocess.on_error: skip`; with `raise` the first such line stops the stage and
-nothing is written). Files are parsed and denoised by `preprocess.workers` processes and
-written in name order, so the store is byte-identical whatever the number of workers.
+NTU-format sources (`synthetic`, `ntu60`, `ntu120`): every `*.skeleton` (and
+`*.skeleton.gz`, which is reported, not read) in `data.raw_dir` is accounted for exactly once
+in the metrics, as a stored sample (train / test / novel), an official missing sample (NTU
+lists, never read), a file outside the dataset (e.g. NTU-120 files when the source is ntu60,
+or a repeated name), or a skipped file (`preprocess.on_error: skip`; with `raise` the first
+such line stops the stage and nothing is written). Skipped files are counted per category
+in `skipped` ({"count": n, "truncated": n, ...}; the keys of `pipeline.data.issues.CATEGORIES`,
+safe as metric names) and listed in `issues` as {file, line, category, message}. Files are
+parsed and denoised by `preprocess.workers` processes and written in name order, so the store
+is byte-identical whatever the number of workers.
 
 For ntu60 with `data.novel_dir`, the NTU-120 files of actions A061-A120 found there are added
 with `novel=True` (the few-shot classes); the class list is then all 120 NTU names.
@@ -22,8 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-from collections import Counter
 from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
@@ -35,6 +36,7 @@ from pipeline.core.config import DataConfig, PreprocessConfig
 from pipeline.core.errors import DataError
 from pipeline.data import splits
 from pipeline.data.denoise import denoise
+from pipeline.data.issues import BadFile, Issue, read_input, tally
 from pipeline.data.ntu import SampleName, parse_name, parse_skeleton
 from pipeline.data.store import SampleMeta, StoreWriter
 
@@ -61,30 +63,34 @@ class _Job:
 @dataclass
 class _Result:
     job: _Job
-    digest: str  # sha256 of the file's bytes
+    digest: str  # sha256 of the file's bytes ("-" when it cannot be read)
     frames: np.ndarray | None = None
     info: dict | None = None
-    error: str = ""
+    issue: Issue | None = None
 
 
 def _load(job: _Job) -> _Result:
-    """Worker: read, parse and denoise one file (errors come back as their one line)."""
-    data = job.path.read_bytes()
+    """Worker: read, parse and denoise one file (a bad file comes back as its Issue)."""
+    try:
+        data = read_input(job.path)
+    except BadFile as e:
+        return _Result(job, "-", issue=e.issue)
     digest = hashlib.sha256(data).hexdigest()
     try:
         frames, info = denoise(parse_skeleton(data, str(job.path)))
-    except DataError as e:
-        return _Result(job, digest, error=str(e))
+    except BadFile as e:
+        return _Result(job, digest, issue=e.issue)
     return _Result(job, digest, frames, info)
 
 
 def list_skeletons(folder: str | Path, what: str) -> list[Path]:
-    """Sorted `*.skeleton` files of `folder`; DataError naming the folder if there are none."""
+    """Sorted `*.skeleton` and `*.skeleton.gz` files of `folder` (the compressed ones are
+    reported, not read); DataError naming the folder if there are none."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: {what} folder not found; set data.raw_dir (or run "
                         f"`dvc repro synthesize` for the synthetic data)")
-    files = sorted(folder.glob("*.skeleton"))
+    files = sorted([*folder.glob("*.skeleton"), *folder.glob("*.skeleton.gz")])
     if not files:
         raise DataError(f"{folder}: no .skeleton files in the {what} folder; point data.raw_dir "
                         f"at the NTU skeleton folder (or run `dvc repro synthesize`)")
@@ -126,22 +132,26 @@ def convert_ntu(data: DataConfig, pre: PreprocessConfig, out_dir: Path,
     m: dict[str, Any] = {
         "dataset": source, "benchmark": benchmark, "files_seen": len(files) + len(novel_files),
         "samples": {"train": 0, "test": 0, "novel": 0}, "frames": 0, "missing_samples": 0,
-        "outside_dataset": 0, "skipped": {"count": 0, "by_reason": {}, "files": {}},
+        "outside_dataset": 0, "skipped": {"count": 0},
         "nan_frames": 0, "empty_frames": 0, "missing_frames": 0, "dropped_tracks": 0,
     }
-    skipped: dict[str, str] = {}  # file name (novel_dir files: with the folder) -> reason
+    skipped: list[Issue] = []
 
-    def skip(path: Path, reason: str) -> None:
+    def skip(issue: Issue) -> None:
         if pre.on_error == "raise":
-            raise DataError(f"{reason} (set preprocess.on_error: skip to skip such files)")
-        skipped[path.name if path.parent == raw_dir else f"{data.novel_dir}/{path.name}"] = reason
+            raise DataError(f"{issue.message} (set preprocess.on_error: skip to skip such "
+                            f"files)")
+        skipped.append(issue)
 
     jobs: dict[str, _Job] = {}
     for path, from_novel_dir in [(p, False) for p in files] + [(p, True) for p in novel_files]:
+        if path.name.endswith(".gz"):
+            skip(Issue(str(path), None, "compressed", "gzip-compressed: decompress it first"))
+            continue
         try:
             s = parse_name(path)
-        except DataError as e:
-            skip(path, str(e))
+        except BadFile as e:
+            skip(e.issue)
             continue
         if s.name in missing:
             m["missing_samples"] += 1
@@ -151,8 +161,8 @@ def convert_ntu(data: DataConfig, pre: PreprocessConfig, out_dir: Path,
             continue
         label = s.action - 1
         if label >= len(class_names):
-            skip(path, f"{path}: expected an action of A001-A{len(class_names):03d} "
-                       f"(the class list), got A{s.action:03d}")
+            skip(Issue(str(path), None, "unknown_action", f"expected an action of "
+                       f"A001-A{len(class_names):03d} (the class list), got A{s.action:03d}"))
             continue
         # Novel NTU-120 samples follow the NTU-120 performer split under X-Sub.
         rules = "ntu120" if from_novel_dir and benchmark == "xsub" else source
@@ -167,8 +177,8 @@ def convert_ntu(data: DataConfig, pre: PreprocessConfig, out_dir: Path,
                      novel_labels=novel_labels) as writer:
         for r in _ordered_map(ordered, pre.workers):
             digests.update(f"{r.job.meta.name} {r.digest}\n".encode())
-            if r.error:
-                skip(r.job.path, r.error)
+            if r.issue:
+                skip(r.issue)
                 continue
             writer.add(r.job.meta, r.frames)
             m["samples"]["novel" if r.job.meta.novel else r.job.meta.split] += 1
@@ -177,14 +187,15 @@ def convert_ntu(data: DataConfig, pre: PreprocessConfig, out_dir: Path,
                 m[key] += r.info[key]
             m["dropped_tracks"] += sum(t["fate"].startswith("dropped") for t in r.info["tracks"])
         if not any(m["samples"].values()):
+            first = f"; first skipped: {skipped[0].message}" if skipped else ""
             raise DataError(f"{raw_dir}: no usable samples among {m['files_seen']} files "
                             f"({len(skipped)} skipped, {m['missing_samples']} official missing, "
-                            f"{m['outside_dataset']} outside {source}); check data.raw_dir")
+                            f"{m['outside_dataset']} outside {source}); check data.raw_dir"
+                            f"{first}")
         writer.meta["source_fingerprint"] = digests.hexdigest()
 
-    m["skipped"] = {"count": len(skipped),
-                    "by_reason": dict(Counter(_reason(r) for r in skipped.values())),
-                    "files": dict(sorted(skipped.items()))}
+    m["skipped"] = tally(skipped)
+    m["issues"] = [i.record() for i in sorted(skipped, key=lambda i: i.file)]
     return m
 
 
@@ -195,12 +206,6 @@ def _belongs(source: str, s: SampleName, from_novel_dir: bool) -> bool:
     if source == "ntu60":
         return splits.in_ntu60(s)
     return True
-
-
-def _reason(line: str) -> str:
-    """The kind of error: the `expected ...` part of a one-line DataError."""
-    m = re.search(r"expected (.*?), got", line)
-    return m.group(1) if m else line
 
 
 def _ordered_map(jobs: list[_Job], workers: int):

@@ -5,7 +5,8 @@ Usage::
     with StoreWriter(out_dir, dataset="ntu60", benchmark="xsub", class_names=names) as w:
         w.add(SampleMeta(name=..., label=..., performer=..., camera=..., setup=...,
                          replication=..., split="train", novel=False), frames)  # (T, 2, 25, 3)
-    store = Store.open(out_dir)
+    store = Store.open(out_dir)          # checks layout, labels, offsets and size
+    store.verify()                       # optional: rereads every byte against the fingerprint
     store.sample(i)                      # (T, 2, 25, 3) read-only view of row i of store.index
     store.select(split="train", novel=False)
 
@@ -38,6 +39,8 @@ M, V, C = 2, 25, 3
 FRAME_BYTES = M * V * C * 4
 COLUMNS = ["name", "offset", "length", "label", "performer", "camera", "setup", "replication",
            "actors", "split", "novel"]
+INT_COLUMNS = ["offset", "length", "label", "performer", "camera", "setup", "replication",
+               "actors"]
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,20 @@ class Store:
                            or not index["split"].isin(["train", "test"]).all()):
             raise DataError(f"{index_path}: novel must be True/False and split train/test; "
                             f"rerun preprocess")
+        numeric = [c for c in INT_COLUMNS if not pd.api.types.is_integer_dtype(index[c])]
+        if len(index) and numeric:
+            raise DataError(f"{index_path}: column {numeric[0]} holds non-integers; "
+                            f"rerun preprocess")
+        names = meta.get("class_names")
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise DataError(f"{meta_path}: class_names must be a list of names; "
+                            f"rerun preprocess")
+        label = index["label"].to_numpy(np.int64)
+        outside = np.flatnonzero((label < 0) | (label >= len(names)))
+        if len(outside):
+            row = int(outside[0])
+            raise DataError(f"{index_path}:{row + 2}: label {label[row]} outside the "
+                            f"{len(names)} classes of meta.json; rerun preprocess")
         length = index["length"].to_numpy(np.int64)
         ends = np.concatenate([[0], np.cumsum(length)])
         if (length < 1).any() or (index["offset"].to_numpy() != ends[:-1]).any() \

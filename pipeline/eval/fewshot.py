@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.core.errors import ConfigError
+from pipeline.data.checks import check_episodes
 from pipeline.eval.knn import knn_accuracy
 
 
@@ -47,19 +47,12 @@ class EpisodeSampler:
     """
 
     def __init__(self, labels: np.ndarray, n_way: int, k_shot: int, n_query: int, seed: int):
+        check_episodes(labels, n_way, k_shot, n_query)
         self.order = np.argsort(labels, kind="stable")            # indices grouped by class
         classes, self.starts, self.counts = np.unique(labels[self.order], return_index=True,
                                                       return_counts=True)
         self.n_way = n_way or len(classes)                       # 0 = every class
         self.k_shot, self.n_query = k_shot, n_query
-        if not 2 <= self.n_way <= len(classes):
-            raise ConfigError(f"eval.fewshot_ways: {n_way} is invalid: {len(classes)} novel "
-                              f"classes are available (use 2..{len(classes)}, or 0 for all)")
-        short = self.counts < k_shot + n_query
-        if short.any():
-            raise ConfigError(f"eval.fewshot_queries: {n_query} is too many: novel class "
-                              f"{classes[short][0]} has {self.counts[short].min()} samples, "
-                              f"fewer than {k_shot} shots + {n_query} queries")
         self.rng = np.random.default_rng(seed)
 
     def _distinct(self, n: np.ndarray, m: int) -> np.ndarray:

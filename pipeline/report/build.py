@@ -32,6 +32,7 @@ from pipeline.report.render import (
     Section,
     Table,
     Text,
+    key_values,
     render_html,
     render_markdown,
 )
@@ -54,6 +55,10 @@ EPISODIC = ("fewshot_5way_1shot_proto_mean", "fewshot_5way_1shot_proto_ci95")
 # Metrics shown per DVC experiment, read from metrics/evaluate.json.
 EXPERIMENT_METRICS = ("linear_top1", "knn_top1_k1", "fewshot_knn_k1")
 FRAMES_PER_STRIP = 8
+# Provenance tables: metrics/<file> -> what its caption adds.
+PROVENANCE_FILES = {"preprocess.json": " (the data accounting of the preprocess stage)",
+                    "pretrain.json": "", "tune.json": " (accuracies as fractions)",
+                    "timing.json": " (timings, throughputs and sizes per stage; not DVC metrics)"}
 # evaluate.py and tune.py store accuracies (and the chance level) as fractions; shown in %.
 PERCENT = 100.0
 
@@ -247,8 +252,9 @@ def _experiments(ctx: Context) -> list[Block]:
     if not metrics:
         blocks.append(Text("No evaluate or finetune metrics are recorded for these "
                            "experiments yet."))
-    blocks.append(Table(table, "Parameters that differ between experiments, and top-1 "
-                               "accuracy (%) of each model."))
+    shown = [what for what, cols in (("parameters that differ between experiments", params),
+                                     ("top-1 accuracy (%) of each model", metrics)) if cols]
+    blocks.append(Table(table, " and ".join(shown).capitalize() + "." if shown else ""))
     return blocks
 
 
@@ -368,15 +374,14 @@ def _provenance(ctx: Context) -> list[Block]:
                                      f"{ctx.params.data.processed_dir}"))
     else:
         keys = ("dataset", "benchmark", "fingerprint", "source_fingerprint", "frames_shape")
-        meta = pd.DataFrame({"field": keys, "value": [str(ctx.meta.get(k, DASH)) for k in keys]})
-        blocks.append(Table(meta, "Dataset (store meta.json)."))
-    for stage in ("preprocess", "pretrain", "tune"):
+        blocks.append(Table(key_values({k: ctx.meta.get(k) for k in keys}),
+                            "Dataset (store meta.json)."))
+    for name, caption in PROVENANCE_FILES.items():
         try:
-            flat = pd.json_normalize(read_json(ctx.root / "metrics" / f"{stage}.json"), sep=".")
-            blocks.append(Table(flat.T.reset_index().set_axis(["metric", "value"], axis=1),
-                                f"metrics/{stage}.json as written (accuracies as fractions)."))
+            blocks.append(Table(key_values(read_json(ctx.root / "metrics" / name)),
+                                f"metrics/{name}{caption}."))
         except Unavailable as exc:
-            blocks.append(_not_available(f"{stage} metrics: {exc}"))
+            blocks.append(_not_available(f"metrics/{name}: {exc}"))
     try:
         runs = mlflow_runs(ctx.root, ctx.params.tracking)
         latest = runs.drop_duplicates("stage")[["stage", "run_id", "run_name", "status", "start"]]

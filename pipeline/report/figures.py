@@ -26,11 +26,15 @@ def to_png(fig: Figure, dpi: int = 100) -> bytes:
 
 
 def _class_colours(n: int) -> np.ndarray:
-    """Distinct colours: tab10 up to 10 classes, tab20 up to 20, a sampled rainbow beyond."""
+    """Distinct categorical colours: tab10 up to 10 classes, tab20 up to 20, tab20 + tab20b up
+    to 40 (the synthetic set has 30, NTU-60 60), a sampled rainbow beyond."""
     from matplotlib import colormaps
 
     if n <= 20:
         return colormaps["tab10" if n <= 10 else "tab20"](np.arange(n))
+    if n <= 40:
+        return np.concatenate([colormaps["tab20"](np.arange(20)),
+                               colormaps["tab20b"](np.arange(20))])[:n]
     return colormaps["turbo"](np.linspace(0, 1, n))
 
 
@@ -71,16 +75,26 @@ def tsne(feats: np.ndarray, seed: int) -> np.ndarray:
 
 
 def tsne_pair(panels: list[tuple[str, np.ndarray, np.ndarray]], class_names: list[str]) -> Figure:
-    """Scatter of each (title, xy (N, 2), labels (N,)) side by side, coloured by class."""
+    """Scatter of each (title, xy (N, 2), labels (N,)) side by side, coloured by class. Up to
+    12 classes a legend names them; beyond, each class name sits at its points' median, where a
+    legend's colours would no longer tell the classes apart."""
+    from matplotlib import patheffects
+
     colours = _class_colours(len(class_names))
-    fig = Figure(figsize=(5.5 * len(panels), 5.2), layout="constrained")
+    shown = np.unique(np.concatenate([labels for _, _, labels in panels]))
+    fig = Figure(figsize=(6.5 * len(panels), 6.2), layout="constrained")
+    halo = [patheffects.withStroke(linewidth=2.2, foreground="white")]
     for ax, (title, xy, labels) in zip(np.atleast_1d(fig.subplots(1, len(panels))), panels):
         ax.scatter(xy[:, 0], xy[:, 1], c=colours[labels], s=9, linewidths=0)
+        if len(shown) > 12:
+            for c in np.unique(labels):
+                x, y = np.median(xy[labels == c], axis=0)
+                ax.text(x, y, class_names[c], fontsize=7, ha="center", va="center",
+                        color=colours[c] * [0.6, 0.6, 0.6, 1], path_effects=halo)
         ax.set_title(title, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
-    shown = np.unique(np.concatenate([labels for _, _, labels in panels]))
-    if len(shown) <= 20:
+    if len(shown) <= 12:
         handles = [fig.axes[0].scatter([], [], color=colours[i], s=20, label=class_names[i])
                    for i in shown]
         fig.legend(handles=handles, loc="outside right center", fontsize=7, frameon=False)

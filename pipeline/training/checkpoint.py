@@ -26,7 +26,7 @@ import json
 import pickle
 import re
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,17 @@ def fingerprint(data_fingerprint: str, config: dict) -> str:
                 for group, values in config.items()}
     blob = json.dumps(semantic, sort_keys=True, default=str).encode()
     return f"{data_fingerprint}:{hashlib.sha256(blob).hexdigest()[:16]}"
+
+
+def weights_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over a state dict's names, dtypes, shapes and values, in sorted name order: the
+    identity of the weights, whatever else the file holds (history, timings, optimizer)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def make(kind: str, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,

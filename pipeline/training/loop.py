@@ -21,7 +21,8 @@ What the loop guarantees (after MAE's engine_pretrain.py and nanoGPT's train.py)
 - the logged loss is the mean over all ranks, so 1 and N processes draw the same curve;
 - a non-finite loss raises `TrainingDiverged` before anything is saved;
 - `<ckpt_dir>/last.pt` is written atomically by rank 0 after every epoch, and a run whose
-  fingerprint matches resumes from it; `best.pt` (when `best_metric` is set) is separate.
+  fingerprint matches resumes from it (rank 0 reads it and sends it to the other ranks, so
+  only node 0 needs `ckpt_dir`); `best.pt` (when `best_metric` is set) is separate.
 """
 
 from __future__ import annotations
@@ -170,29 +171,22 @@ class _Progress:
 
 def _resume(path: Path, fingerprint: str, model: nn.Module,
             optimizer: torch.optim.Optimizer) -> _Progress:
-    if not path.is_file():
-        return _Progress()
-    ckpt = checkpoint.load(path)
-    if ckpt["fingerprint"] != fingerprint:
-        if dist.is_main():
+    """Rank 0 reads `path` and sends it to every rank: other nodes hold no outputs."""
+    ckpt = None
+    if dist.is_main() and path.is_file():
+        ckpt = checkpoint.load(path)
+        if ckpt["fingerprint"] != fingerprint:
             tqdm.write(f"{path}: data or config changed since it was written; starting fresh")
+            ckpt = None
+        else:
+            tqdm.write(f"{path}: resuming after epoch {ckpt['epoch']}")
+    ckpt = dist.broadcast_object(ckpt)
+    if ckpt is None:
         return _Progress()
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
-    if dist.is_main():
-        tqdm.write(f"{path}: resuming after epoch {ckpt['epoch']}")
     return _Progress(epoch=ckpt["epoch"], step=ckpt["step"],
                      history=list(ckpt["extra"]["history"]), best=ckpt["extra"]["best"])
-
-
-def _check_ranks_agree(epoch: int, device: torch.device) -> None:
-    """Every rank must resume from the same epoch (ckpt_dir shared by all nodes)."""
-    if dist.world_size() == 1:
-        return
-    epochs = dist.all_gather_no_grad(torch.tensor([epoch], device=device)).tolist()
-    if len(set(epochs)) > 1:
-        raise UserError(f"ranks found different checkpoints (completed epochs {epochs}); put "
-                        "the checkpoint folder on a filesystem shared by all nodes")
 
 
 def fit(model: nn.Module, step_fn: StepFn, groups: Sequence[Mapping[str, Any]],
@@ -210,8 +204,8 @@ def fit(model: nn.Module, step_fn: StepFn, groups: Sequence[Mapping[str, Any]],
     model.to(device)
     optimizer = build_optimizer(groups, cfg, device)
     last_path, best_path = Path(ckpt_dir) / "last.pt", Path(ckpt_dir) / "best.pt"
+    dist.agree({"data and config fingerprint (data/processed, params.yaml)": fingerprint})
     state = _resume(last_path, fingerprint, model, optimizer)
-    _check_ranks_agree(state.epoch, device)
 
     wrapped: nn.Module = model
     if dist.world_size() > 1:

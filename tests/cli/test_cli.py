@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
     (["export-data", "--store", "nostore", "--out", "x.npz"], "nostore/meta.json: missing"),
     (["synth", "--out", "s", "--performers", "1"], "synth.performers: 1 is invalid"),
     (["preset-args", "ntu61-xsub"], "preset 'ntu61-xsub' not found"),
+    (["worker", "pretrain", "--node-rank", "1"], "dist.nnodes: 1 in "),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import runpy
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import torch
 
 from pipeline.core import dist
 from pipeline.core.config import DistConfig
+from pipeline.core.errors import ConfigError
 from pipeline.core.launch import maybe_relaunch, torchrun_command
 from tests.conftest import free_port
 
@@ -34,21 +36,29 @@ def test_helpers_fall_back_to_one_process():
     assert torch.equal(mean, t) and mean.data_ptr() != t.data_ptr()
 
 
-def test_torchrun_command_reruns_the_same_script_with_its_arguments():
-    cfg = DistConfig(nproc=4, nnodes=2, node_rank=1, rdzv_endpoint="node0:29400")
-    cmd = torchrun_command(cfg, ["stages/pretrain.py", "--out", "x"])
+def test_torchrun_command_reruns_the_same_script_as_the_given_node():
+    cfg = DistConfig(nproc=4, nnodes=2, rdzv_endpoint="node0:29400")
+    cmd = torchrun_command(cfg, ["stages/pretrain.py", "--out", "x"], "pretrain", node_rank=1)
     assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    # static rendezvous: node 0's first process is global rank 0, the one that writes
     assert " ".join(cmd[3:]) == ("--nproc-per-node 4 --nnodes 2 --node-rank 1 "
-                                 "--rdzv-backend c10d --rdzv-endpoint node0:29400 "
+                                 "--rdzv-backend static --rdzv-endpoint node0:29400 "
                                  "stages/pretrain.py --out x")
-    module = torchrun_command(cfg, ["/repo/pipeline/__main__.py", "launch"])
-    assert module[-3:] == ["--module", "pipeline", "launch"]
+    module = torchrun_command(cfg, ["/repo/pipeline/__main__.py", "worker"], "tune")
+    assert module[-3:] == ["--module", "pipeline", "worker"]
+    assert "--node-rank 0 --rdzv-backend static --rdzv-endpoint node0:29401" in " ".join(module)
+
+
+@pytest.mark.parametrize("endpoint", ["node0", "node0:http", ":29500", "node0:65535"])
+def test_malformed_rendezvous_endpoint_is_a_config_error(endpoint):
+    with pytest.raises(ConfigError, match=r"^dist\.rdzv_endpoint: .* is invalid"):
+        torchrun_command(DistConfig(nproc=2, rdzv_endpoint=endpoint), ["s.py"], "pretrain")
 
 
 def test_relaunch_is_a_no_op_alone_or_under_torchrun(monkeypatch):
-    maybe_relaunch(DistConfig(nproc=1), ["never-run.py"])
+    maybe_relaunch(DistConfig(nproc=1), ["never-run.py"], "pretrain")
     monkeypatch.setenv("LOCAL_RANK", "0")
-    maybe_relaunch(DistConfig(nproc=2), ["never-run.py"])
+    maybe_relaunch(DistConfig(nproc=2), ["never-run.py"], "pretrain")
 
 
 SCRIPT = textwrap.dedent("""
@@ -75,7 +85,7 @@ SCRIPT = textwrap.dedent("""
 
     def main(out, nproc, port):
         cfg = DistConfig(nproc=nproc, rdzv_endpoint=f"127.0.0.1:{{port}}")
-        maybe_relaunch(cfg, [__file__, str(out), str(nproc), str(port)])
+        maybe_relaunch(cfg, [__file__, str(out), str(nproc), str(port)], "pretrain")
         dist.init(cfg)
         out = Path(out)
         r, w = dist.rank(), dist.world_size()
@@ -126,3 +136,29 @@ def test_two_gloo_processes_draw_the_same_loss_curve_as_one(tmp_path):
         assert b == c
         assert b == pytest.approx(a, abs=1e-6)
     assert (two / "ckpt" / "last.pt").is_file()
+
+
+AGREE = """
+import sys
+from pipeline.core import dist
+from pipeline.core.errors import UserError
+try:
+    dist.init(agree_on={"stage": "pretrain", "params.yaml": sys.argv[1]})
+except UserError as exc:
+    print(exc)
+dist.teardown()
+"""
+
+
+@pytest.mark.slow  # ~5 s: two torch start-ups
+def test_nodes_that_disagree_stop_with_one_line_naming_them():
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port())}
+    procs = [subprocess.Popen([sys.executable, "-c", AGREE, digest], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              env={**env, "RANK": str(node), "GROUP_RANK": str(node)})
+             for node, digest in ((0, "same"), (1, "edited"))]
+    for proc in procs:
+        out = proc.communicate(timeout=120)[0]
+        assert out.startswith("node(s) [1] differ from node 0 in params.yaml: "), out
+        assert out.count("\n") == 1

@@ -7,6 +7,7 @@ for every input file. NTU files go through `preprocess` (reader + denoiser), PKU
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -14,17 +15,21 @@ import pytest
 
 from pipeline.core.config import DataConfig, PreprocessConfig
 from pipeline.core.errors import DataError
+from pipeline.data.issues import CATEGORIES
 from pipeline.data.pku import convert_pku
 from pipeline.data.preprocess import preprocess
 from pipeline.data.store import Store
 from tests.data.bad_inputs import Case, write_corpus
 
 NTU_BAD = ["ntu_truncated_mid_frame", "ntu_non_numeric_token", "ntu_wrong_joint_count",
-           "ntu_body_count_mismatch", "ntu_binary_garbage", "ntu_empty"]
+           "ntu_body_count_mismatch", "ntu_binary_garbage", "ntu_empty", "ntu_gzip",
+           "ntu_byte_order_mark", "ntu_frame_count_too_large", "ntu_comma_between_numbers",
+           "ntu_compressed_name", "ntu_symlink_to_directory"]
 PKU_BAD = ["pku_wrong_float_count", "pku_truncated_mid_line", "pku_non_numeric_token",
            "pku_binary_garbage", "pku_empty", "pku_label_out_of_range",
            "pku_label_start_after_end", "pku_label_outside_video", "pku_label_duplicate",
-           "pku_label_not_numeric"]
+           "pku_label_not_numeric", "pku_comma_between_numbers", "pku_gzip",
+           "pku_byte_order_mark"]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +49,10 @@ def copy_case(case: Case, dst: Path) -> Path:
     """A raw folder holding only this case (a PKU case keeps its skeleton + label pair)."""
     if case.fmt == "ntu":
         dst.mkdir()
-        shutil.copy(case.path, dst)
+        if case.path.is_symlink():
+            (dst / case.path.name).symlink_to(case.path.readlink())
+        else:
+            shutil.copy(case.path, dst)
         return dst
     root, video = case.path.parents[1], case.path.name
     for sub in ("skeleton", "label"):
@@ -54,9 +62,13 @@ def copy_case(case: Case, dst: Path) -> Path:
 
 
 def assert_names(message: str, case: Case) -> None:
-    assert "\n" not in message
-    where = f"{case.path}:{case.line}:" if case.line else f"{case.path}"
+    assert "\n" not in message and "Traceback" not in message
+    where = f"{case.path}:{case.line}:" if case.line else f"{case.path}:"
     assert where in message and case.reason in message, message
+
+
+def test_every_malformed_case_has_a_known_category(corpus):
+    assert all(c.category in CATEGORIES for c in corpus.values() if not c.valid)
 
 
 def test_every_malformed_case_is_tested(corpus):
@@ -78,9 +90,15 @@ def test_ntu_corpus_under_skip_stores_valid_files_and_reports_every_bad_one(corp
     stored = sum(m["samples"].values())
     assert stored == 4  # valid, CRLF, leading spaces, NaN tokens
     assert m["files_seen"] == stored + m["skipped"]["count"] + m["missing_samples"] \
-        + m["outside_dataset"] == 10
+        + m["outside_dataset"] == 4 + len(NTU_BAD)
+    issues = {Path(i["file"]): i for i in m["issues"]}
     for name in NTU_BAD:
-        assert_names(m["skipped"]["files"][corpus[name].path.name], corpus[name])
+        case = corpus[name]
+        assert_names(issues[case.path]["message"], case)
+        assert (issues[case.path]["line"], issues[case.path]["category"]) \
+            == (case.line, case.category), name
+    expected = Counter(corpus[name].category for name in NTU_BAD)
+    assert m["skipped"] == {"count": len(NTU_BAD), **expected}
     # CRLF and indentation parse to the same sample; the NaN frame is dropped and counted
     store = Store.open(tmp_path / "store")
     by_name = {n: store.sample(i) for i, n in enumerate(store.index["name"])}
@@ -102,14 +120,15 @@ def test_malformed_pku_file_raises_one_line_naming_file_and_line(corpus, tmp_pat
 def test_pku_corpus_under_skip_converts_valid_rows_and_reports_every_bad_one(corpus, tmp_path):
     raw = corpus["pku_valid"].path.parents[1]
     m = convert_pku(pku(raw), PreprocessConfig(on_error="skip"), tmp_path / "store")
-    assert m["videos"] == 14 and m["videos_unlisted"] == 0
-    assert m["videos_converted"] + m["videos_skipped"] == 14 and m["videos_skipped"] == 5
+    assert m["videos"] == 17 and m["videos_unlisted"] == 0
+    assert m["videos_converted"] + m["videos_skipped"] == 17 and m["videos_skipped"] == 8
     assert m["label_rows"] == sum(m["samples"].values()) + m["rows_rejected"] + m["samples_empty"]
-    issues = [(Path(i["file"]), i["line"], i["reason"]) for i in m["issues"]]
+    issues = [(Path(i["file"]), i["line"], i["category"], i["message"]) for i in m["issues"]]
     for name in PKU_BAD:
         case = corpus[name]
-        assert any(f == case.path and line == case.line and case.reason in reason
-                   for f, line, reason in issues), name
+        assert any(f == case.path and line == case.line and cat == case.category
+                   and case.reason in message for f, line, cat, message in issues), name
+    assert m["skipped"]["count"] == len(m["issues"]) == 14  # 8 videos, 6 label rows
     # 4 valid videos x 3 rows, plus the good rows of the label cases (1 + 1 + 1 + 2 + 1)
     assert m["samples"]["train"] == 18 and m["rows_rejected"] == 6
     store = Store.open(tmp_path / "store")

@@ -105,7 +105,8 @@ def test_npz_sample_of_zeros_or_nan_is_reported_or_raised(tmp_path):
     with pytest.raises(DataError, match=r"a\.npz: x_train sample 3: no skeleton"):
         import_file("npz", tmp_path / "a.npz", tmp_path / "store", "xsub")
     m = import_file("npz", tmp_path / "a.npz", tmp_path / "store", "xsub", on_error="skip")
-    assert sum(m["samples"].values()) == 9 and m["skipped"] == 2
+    assert sum(m["samples"].values()) == 9
+    assert m["skipped"] == {"count": 2, "bad_sample": 2}
     assert [i["sample"] for i in m["issues"]] == ["x_train[3]", "x_test[1]"]
     assert "train_000003" not in set(Store.open(tmp_path / "store").index["name"])
 
@@ -159,6 +160,25 @@ def test_pyskl_pickle_imports_into_store_and_dataset(tmp_path, protocol):
         np.testing.assert_array_equal(sample[:, :len(kp)], kp.transpose(1, 0, 2, 3))
         assert (sample[:, len(kp):] == 0).all()  # a lone actor leaves slot 2 empty
     check_dataset(store)
+
+
+@pytest.mark.parametrize("objects", ["floats", "None"])
+def test_pyskl_object_typed_keypoints_are_one_line_not_a_traceback(tmp_path, objects):
+    data = pyskl_file(tmp_path / "a.pkl", 4, np.random.default_rng(6))
+    kp = data["annotations"][0]["keypoint"].astype(object)
+    if objects == "None":
+        kp[0, 0, 0, 0] = None
+    data["annotations"][0]["keypoint"] = kp
+    with open(tmp_path / "a.pkl", "wb") as f:
+        pickle.dump(data, f, protocol=4)
+    name = data["annotations"][0]["frame_dir"]
+    with pytest.raises(DataError) as err:
+        import_file("pyskl", tmp_path / "a.pkl", tmp_path / "store", "xsub")
+    assert str(err.value) == (f"{tmp_path / 'a.pkl'}: {name}: keypoint holds object values; "
+                              f"expected a float array; fix it or import with on_error skip")
+    m = import_file("pyskl", tmp_path / "a.pkl", tmp_path / "store", "xsub", on_error="skip")
+    assert m["skipped"] == {"count": 1, "bad_sample": 1} and m["samples"]["train"] == 3
+    assert m["issues"][0]["sample"] == name
 
 
 def test_pyskl_missing_benchmark_split_names_the_available_ones(tmp_path):

@@ -1,11 +1,15 @@
 """NTU `.skeleton` reader: round trips, exact body IDs, NaN, one-line errors, file names."""
 
+import gzip
+import os
 import re
+import tracemalloc
 
 import numpy as np
 import pytest
 
 from pipeline.core.errors import DataError
+from pipeline.data.issues import BadFile
 from pipeline.data.ntu import parse_name, parse_skeleton, read_skeleton
 
 BIG_ID = 72057594037931101  # a real Kinect ID: not exactly representable as a float64
@@ -84,34 +88,90 @@ def _with(i, line):
     return "\n".join(lines) + "\n"
 
 
-MALFORMED = {
-    "empty file": ("", 1, "frame count", "end of file"),
-    "frame count not an integer": ("2.5\n", 1, "frame count", "'2.5'"),
-    "truncated mid frame": ("\n".join(GOOD[:40]) + "\n", 40, "25 joints", "end of file"),
-    "non-numeric x": (_with(7, "abc 0.5 0.5" + GOOD[6][11:]), 7, "a number", "'abc'"),
+MALFORMED = {  # text, line, expected what, got token, category
+    "empty file": ("", 1, "frame count", "an empty file", "empty"),
+    "frame count not an integer": ("2.5\n", 1, "frame count", "'2.5'", "bad_token"),
+    "truncated mid frame": ("\n".join(GOOD[:40]) + "\n", 40, "25 joints", "end of file",
+                            "truncated"),
+    "non-numeric x": (_with(7, "abc 0.5 0.5" + GOOD[6][11:]), 7, "a number", "'abc'",
+                      "bad_token"),
     "non-numeric other field": (_with(8, GOOD[7][:12] + " depth?" + GOOD[7][20:]), 8,
-                                "a number", "'depth?'"),
-    "malformed number": (_with(9, "0.5.1" + GOOD[8][3:]), 9, "a number", "'0.5.1'"),
-    "joint count 24": (_with(4, "24"), 4, "joint count 25", "'24'"),
-    "body count says 2, one body follows": (_with(2, "2"), 31, "joint count 25", "'2'"),
-    "body count says 0, one body follows": (_with(30, "0"), 31, "end of file", "'" + str(BIG_ID)),
-    "body count above 6": (_with(2, "7"), 2, "body count", "'7'"),
-    "body ID not an integer": (_with(3, "1.5e16" + GOOD[2][17:]), 3, "body ID", "'1.5e16'"),
-    "trailing garbage": ("\n".join(GOOD) + "\n1 2\n", 58, "end of file", "'1'"),
+                                "a number", "'depth?'", "bad_token"),
+    "malformed number": (_with(9, "0.5.1" + GOOD[8][3:]), 9, "a number", "'0.5.1'",
+                         "bad_token"),
+    "joint count 24": (_with(4, "24"), 4, "joint count 25", "'24'", "wrong_joint_count"),
+    "body count says 2, one body follows": (_with(2, "2"), 2, "body count 1", "'2'",
+                                            "body_count_mismatch"),
+    "body count says 0, one body follows": (_with(30, "0"), 30, "body count 1", "'0'",
+                                            "body_count_mismatch"),
+    "body count says 1, two bodies follow": (
+        "\n".join(["2", "1", *GOOD[2:29], *GOOD[2:29], *GOOD[29:]]) + "\n", 2, "body count 2",
+        "'1'", "body_count_mismatch"),
+    "body count above 6": (_with(2, "7"), 2, "body count", "'7'", "bad_count"),
+    "body ID not an integer": (_with(3, "1.5e16" + GOOD[2][17:]), 3, "body ID", "'1.5e16'",
+                               "bad_token"),
+    "trailing garbage": ("\n".join(GOOD) + "\n1 2\n", 58, "end of file", "'1'",
+                         "trailing_data"),
+    # a comma merges two tokens, shifting every count after it: the comma's line is reported
+    "comma between numbers": (_with(9, GOOD[8].replace(" ", ",", 1)), 9, "a number",
+                              "'0.5,0.5'", "bad_token"),
+    "frame count the size cannot hold": ("10000000000\n0\n", 1,
+                                         "a frame count the file can hold", "'10000000000'", "too_large"),
+    "long token is cut short": (_with(7, "x" * 5000 + GOOD[6][3:]), 7, "a number",
+                                "'" + "x" * 17 + "...'", "bad_token"),
 }
 
 
 @pytest.mark.parametrize("case", MALFORMED, ids=list(MALFORMED))
 def test_malformed_file_raises_one_line_naming_file_line_expectation_and_token(case, tmp_path):
-    text, line, what, got = MALFORMED[case]
+    text, line, what, got, category = MALFORMED[case]
     path = tmp_path / "S001C001P001R001A001.skeleton"
     path.write_bytes(text.replace("\n", "\r\n").encode())  # line numbers hold with CRLF too
-    with pytest.raises(DataError) as err:
+    with pytest.raises(BadFile) as err:
         read_skeleton(path)
     msg = str(err.value)
     assert "\n" not in msg
     assert msg.startswith(f"{path}:{line}: expected ") and what in msg, msg
     assert re.search(r", got .+$", msg) and got in msg.split(", got ")[-1], msg
+    assert err.value.issue.category == category and len(msg) < len(str(path)) + 150
+
+
+NOT_SKELETON_TEXT = {  # bytes, line, message, category
+    "gzip": (gzip.compress("\n".join(GOOD).encode()), None,
+             "gzip-compressed: decompress it first", "compressed"),
+    "byte-order mark": (b"\xef\xbb\xbf" + "\n".join(GOOD).encode(), 1,
+                        "starts with a UTF-8 byte-order mark", "byte_order_mark"),
+    "binary": (bytes(range(256)) * 4, None,
+               "not a text file (byte 0 is control character 0x00)", "not_text"),
+    "not UTF-8": (b"2\n" + bytes(range(128, 256)), None,
+                  "not a text file (byte 2 is not UTF-8)", "not_text"),
+}
+
+
+@pytest.mark.parametrize("case", NOT_SKELETON_TEXT, ids=list(NOT_SKELETON_TEXT))
+def test_a_file_that_is_not_skeleton_text_is_named_as_such_in_one_line(case, tmp_path):
+    data, line, message, category = NOT_SKELETON_TEXT[case]
+    path = tmp_path / "S001C001P001R001A001.skeleton"
+    path.write_bytes(data)
+    with pytest.raises(BadFile) as err:
+        read_skeleton(path)
+    where = f"{path}:{line}" if line else f"{path}"
+    assert str(err.value).startswith(f"{where}: {message}"), err.value
+    assert "\n" not in str(err.value) and err.value.issue.category == category
+
+
+def test_symlinks_to_other_things_and_fifos_are_named_without_reading(tmp_path):
+    (tmp_path / "dir.skeleton").symlink_to(tmp_path)
+    (tmp_path / "broken.skeleton").symlink_to(tmp_path / "nowhere")
+    os.mkfifo(tmp_path / "fifo.skeleton")  # reading it would block forever
+    expected = {"dir.skeleton": "a symbolic link to a directory",
+                "broken.skeleton": "a broken symbolic link",
+                "fifo.skeleton": "not a regular file"}
+    for name, what in expected.items():
+        with pytest.raises(BadFile) as err:
+            read_skeleton(tmp_path / name)
+        assert str(err.value).startswith(f"{tmp_path / name}: {what}"), err.value
+        assert err.value.issue.category == "not_a_file"
 
 
 def test_parse_name_gives_one_based_fields():
@@ -125,3 +185,20 @@ def test_parse_name_gives_one_based_fields():
 def test_bad_file_name_raises_one_line(name):
     with pytest.raises(DataError, match=re.escape(name) + r": expected a file name like"):
         parse_name(name)
+
+
+@pytest.mark.parametrize("frames", [10**10, 10**19])
+def test_a_count_the_file_cannot_hold_is_rejected_before_any_allocation(frames, tmp_path):
+    path = tmp_path / "S001C001P001R001A001.skeleton"
+    path.write_bytes(b"%d\n0\n" % frames)
+    tracemalloc.start()
+    try:
+        with pytest.raises(BadFile) as err:
+            read_skeleton(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(err.value) == (f"{path}:1: expected a frame count the file can hold (its "
+                              f"{len(str(frames)) + 3} bytes hold at most 1 frames), "
+                              f"got '{frames}'")
+    assert err.value.issue.category == "too_large" and peak < 1 << 20

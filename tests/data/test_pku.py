@@ -129,7 +129,8 @@ def bad_rows_tree(tmp_path: Path) -> Path:
 def test_bad_label_rows_are_reported_and_skipped(tmp_path):
     m = convert_pku(cfg(bad_rows_tree(tmp_path)), PreprocessConfig(on_error="skip"),
                     tmp_path / "store")
-    bad = {(Path(i["file"]).name, i["line"]): i["reason"] for i in m["issues"]}
+    bad = {(Path(i["file"]).name, i["line"]): i["message"] for i in m["issues"]}
+    assert m["skipped"] == {"count": 5, "bad_label": 5}
     assert set(bad) == {("0003-L.txt", n) for n in (2, 3, 4, 5, 6)}
     assert "label 52 out of range 1..51" in bad["0003-L.txt", 2]
     assert "start 30, end 20" in bad["0003-L.txt", 3]
@@ -184,7 +185,8 @@ def test_sample_without_skeleton_and_unlisted_video_are_counted_not_stored(tmp_p
     m = convert_pku(cfg(tmp_path / "raw"), PreprocessConfig(), tmp_path / "store")
     assert m["videos"] == 2 and m["videos_unlisted"] == 1 and m["videos_converted"] == 1
     assert m["samples"]["train"] == 1 and m["samples_empty"] == 1
-    assert "no skeleton in frames [15, 30)" in m["issues"][0]["reason"]
+    assert "no skeleton in frames [15, 30)" in m["issues"][0]["message"]
+    assert m["issues"][0]["category"] == "no_skeleton"
 
 
 def test_preprocess_with_two_workers_writes_the_same_store_as_one(tmp_path):

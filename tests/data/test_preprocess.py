@@ -52,10 +52,12 @@ def test_synthetic_end_to_end_metrics_add_up_and_bad_files_are_skipped(tmp_path)
     m = run(synthetic_raw(tmp_path), tmp_path / "store")
     assert m["files_seen"] == 7 and accounted(m) == 7
     assert m["samples"] == {"train": 2, "test": 1, "novel": 2}
-    assert m["skipped"]["count"] == 2
-    assert set(m["skipped"]["files"]) == {"S001C002P003R002A002.skeleton", "notes.skeleton"}
-    assert "S001C002P003R002A002.skeleton:" in m["skipped"]["files"]["S001C002P003R002A002.skeleton"]
-    assert sum(m["skipped"]["by_reason"].values()) == 2
+    assert m["skipped"] == {"count": 2, "bad_name": 1, "truncated": 1}
+    raw = tmp_path / "raw"
+    assert [(i["file"], i["category"]) for i in m["issues"]] == [
+        (str(raw / "S001C002P003R002A002.skeleton"), "truncated"),
+        (str(raw / "notes.skeleton"), "bad_name")]
+    assert m["issues"][0]["message"].startswith(f"{raw / 'S001C002P003R002A002.skeleton'}:")
     store = Store.open(tmp_path / "store")
     assert store.index["name"].tolist() == sorted(store.index["name"])  # name order
     assert store.index["label"].tolist() == [0, 2, 2, 1, 0]

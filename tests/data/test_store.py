@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 
 from pipeline.core.errors import DataError
+from pipeline.data.inspect import summarize
+from pipeline.data.interop import export_npz
 from pipeline.data.store import COLUMNS, SampleMeta, Store, StoreWriter, fingerprint
 
 CLASSES = ["wave", "kick", "jump"]
@@ -113,6 +115,23 @@ def _bad_offsets(d):
     index.to_csv(d / "index.csv", index=False)
 
 
+def _edit_index(row, column, value):
+    def damage(d):
+        index = pd.read_csv(d / "index.csv")
+        index[column] = index[column].astype(object)
+        index.loc[row, column] = value
+        index.to_csv(d / "index.csv", index=False)
+    return damage
+
+
+def _edit_meta(key, value):
+    def damage(d):
+        m = json.loads((d / "meta.json").read_text())
+        m[key] = value
+        (d / "meta.json").write_text(json.dumps(m))
+    return damage
+
+
 @pytest.mark.parametrize("damage,file,message", [
     (lambda d: (d / "index.csv").unlink(), "index.csv", "missing"),
     (lambda d: (d / "meta.json").write_text("{"), "meta.json", "not valid JSON"),
@@ -120,6 +139,12 @@ def _bad_offsets(d):
     (_truncate_frames, "frames.f32", "bytes, expected"),
     (_drop_column, "index.csv", "missing columns split"),
     (_bad_offsets, "index.csv", "offsets/lengths do not tile"),
+    (_edit_index(1, "label", 3), "index.csv:3", "label 3 outside the 3 classes"),
+    (_edit_index(0, "label", -1), "index.csv:2", "label -1 outside the 3 classes"),
+    (_edit_index(2, "label", "kick"), "index.csv", "column label holds non-integers"),
+    (_edit_index(0, "length", 2.5), "index.csv", "column length holds non-integers"),
+    (_edit_meta("class_names", ["wave", "kick"]), "index.csv:4", "label 2 outside the 2"),
+    (_edit_meta("class_names", "wave"), "meta.json", "class_names must be a list"),
 ])
 def test_open_names_the_damaged_file(tmp_path, damage, file, message):
     write(tmp_path / "store", samples(np.random.default_rng(5)))
@@ -138,3 +163,17 @@ def test_verify_detects_modified_frames(tmp_path):
     (tmp_path / "store" / "frames.f32").write_bytes(bytes(data))
     with pytest.raises(DataError, match="fingerprint does not match"):
         Store.open(tmp_path / "store").verify()
+
+
+def test_export_and_inspect_verify_the_fingerprint(tmp_path):
+    write(tmp_path / "store", samples(np.random.default_rng(6)))
+    assert "3 samples" in summarize(tmp_path / "store")
+    data = bytearray((tmp_path / "store" / "frames.f32").read_bytes())
+    data[0] ^= 1  # same size: opening does not read every byte, verify does
+    (tmp_path / "store" / "frames.f32").write_bytes(bytes(data))
+    Store.open(tmp_path / "store")
+    for run in (lambda: export_npz(tmp_path / "store", tmp_path / "out.npz"),
+                lambda: summarize(tmp_path / "store")):
+        with pytest.raises(DataError, match="fingerprint does not match"):
+            run()
+    assert not (tmp_path / "out.npz").exists()

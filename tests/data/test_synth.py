@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.core.config import SynthConfig
+from pipeline.core.config import DataConfig, PreprocessConfig, SynthConfig
 from pipeline.core.errors import ConfigError
 from pipeline.data.denoise import denoise
 from pipeline.data.ntu import parse_name, read_skeleton
+from pipeline.data.preprocess import preprocess
+from pipeline.data.store import fingerprint
 from pipeline.data.synthetic import synth
 from pipeline.data.synthetic.actions import ACTIONS
 from pipeline.data.synthetic.ntu_writer import format_skeleton
@@ -23,7 +25,7 @@ from tests.data.test_ntu_writer import walk
 # 4 base + 2 novel classes: wave right hand, handshake (2p), squat, point | punch other (2p),
 # sit down.
 TINY = SynthConfig(base_classes=4, novel_classes=2, performers=2, setups=1, replications=1,
-                   cameras=3, min_frames=20, max_frames=40, artifact_rate=0.2)
+                   cameras=3, min_frames=20, max_frames=40, artifact_rate=0.2, damaged_files=0)
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +81,32 @@ def test_generate_replaces_the_output_directory_whole(tmp_path):
     synth.generate(cfg, out, workers=1)
     assert not (out / "stale.skeleton").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["raw"]    # no temporary directory left
+
+
+def test_damaged_files_are_skipped_by_category_and_change_no_valid_sample(tmp_path):
+    cfg = dataclasses.replace(TINY, base_classes=2, novel_classes=0, cameras=1)
+    clean, dirty = tmp_path / "clean", tmp_path / "dirty"
+    synth.generate(cfg, clean, workers=1)
+    summary = synth.generate(dataclasses.replace(cfg, damaged_files=3), dirty, workers=1)
+    assert summary["damaged_files"] == 3
+    valid, with_damaged = _files(clean), _files(dirty)
+    assert {n: with_damaged[n] for n in valid} == valid
+    damaged = ["S001C001P000R001A001.skeleton", "S001C001P000R001A002.skeleton",
+               "S001C001P000R002A001.skeleton"]
+    assert sorted(with_damaged.keys() - valid.keys()) == damaged
+
+    def run(raw: Path, out: Path) -> dict:
+        return preprocess(DataConfig(source="synthetic", benchmark="xsub", raw_dir=str(raw)),
+                          PreprocessConfig(workers=1), out)
+
+    a, b = run(clean, tmp_path / "a"), run(dirty, tmp_path / "b")
+    assert b["skipped"] == {"count": 3, "bad_token": 1, "truncated": 1, "wrong_joint_count": 1}
+    assert [(Path(i["file"]).name, i["category"]) for i in b["issues"]] == list(
+        zip(damaged, ["truncated", "bad_token", "wrong_joint_count"]))
+    assert all(i["line"] > 30 for i in b["issues"])  # damaged in the middle of the file
+    same = [k for k in a if k not in ("files_seen", "skipped", "issues")]
+    assert {k: a[k] for k in same} == {k: b[k] for k in same}
+    assert fingerprint(tmp_path / "a") == fingerprint(tmp_path / "b")
 
 
 def test_every_file_has_ntu_field_counts_and_frame_range(tiny):
@@ -194,7 +222,7 @@ def _features(path: Path) -> np.ndarray:
 
 @pytest.mark.slow
 def test_nearest_neighbour_on_simple_features_is_well_above_chance_but_not_perfect(tmp_path):
-    cfg = dataclasses.replace(SynthConfig(), performers=8, setups=1, cameras=2)
+    cfg = dataclasses.replace(SynthConfig(), performers=8, setups=1, cameras=2, damaged_files=0)
     synth.generate(cfg, tmp_path / "raw", workers=2)
     paths = sorted((tmp_path / "raw").glob("*.skeleton"))
     X = np.stack([_features(p) for p in paths])

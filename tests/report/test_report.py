@@ -94,7 +94,8 @@ def write_metrics(root: Path) -> None:
                                "train_samples": 8, "test_samples": 8})
     metrics = {"preprocess": {"samples": 32, "skipped": 0}, "pretrain": {"loss": 0.41},
                "tune": {"loss": 2.1, "val_knn_last": s * 70.0, "val_knn_curve": [0.6, 0.7]},
-               "evaluate": ev, "finetune": ft}
+               "evaluate": ev, "finetune": ft,
+               "timing": {"pretrain": {"wall_time_s": 1.5, "processes": 1}}}
     for stage, m in metrics.items():
         (root / "metrics").mkdir(exist_ok=True)
         (root / f"metrics/{stage}.json").write_text(json.dumps(m))
@@ -194,9 +195,13 @@ class _Sections(HTMLParser):
         self.sections: dict[str, dict] = {}
         self.current: dict | None = None
         self.in_title = False
+        self.after_wbr = False  # a header broken by <wbr> is still one cell's text
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
+        self.after_wbr = tag == "wbr"
+        if self.after_wbr:
+            return
         if tag == "section":
             self.current = self.sections.setdefault(a["id"], {"text": "", "imgs": [], "rows": []})
         elif self.current is not None:
@@ -215,7 +220,9 @@ class _Sections(HTMLParser):
         if self.current is not None and not self.in_title:
             self.current["text"] += data
             if self.current["rows"] and data.strip():
-                self.current["rows"][-1] += data.strip() + "|"
+                row = self.current["rows"][-1]
+                self.current["rows"][-1] = (row[:-1] if self.after_wbr else row) + data.strip() + "|"
+            self.after_wbr = False
 
 
 def parse(html_path: Path) -> dict[str, dict]:

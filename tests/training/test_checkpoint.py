@@ -91,3 +91,13 @@ def test_fingerprint_changes_with_data_or_config():
     assert base == checkpoint.fingerprint("data1", {"epochs": 2, "lr": 1e-3})
     assert base != checkpoint.fingerprint("data2", {"lr": 1e-3, "epochs": 2})
     assert base != checkpoint.fingerprint("data1", {"lr": 2e-3, "epochs": 2})
+
+
+def test_weights_digest_depends_on_values_names_and_dtypes_only():
+    state = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.ones(2, dtype=torch.int64)}
+    digest = checkpoint.weights_digest(state)
+    assert checkpoint.weights_digest(dict(reversed(state.items()))) == digest   # any order
+    assert checkpoint.weights_digest({k: v.clone() for k, v in state.items()}) == digest
+    changed = [{**state, "b": state["b"] + 1e-6}, {**state, "a": state["a"].int()},
+               {**state, "b": state["b"].reshape(3, 2)}, {"c": state["b"], "a": state["a"]}]
+    assert len({digest, *map(checkpoint.weights_digest, changed)}) == 5

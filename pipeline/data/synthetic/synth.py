@@ -3,7 +3,7 @@
 Usage::
 
     summary = generate(params.synth, Path("data/raw/synthetic"), workers=2)
-    # {"files": 2160, "classes": 30, "bytes": ...}; plus data/raw/synthetic/dataset.json
+    # {"files": 2160, "damaged_files": 3, "classes": 30, "bytes": ...}; plus dataset.json
 
 One file per (setup, camera, performer, replication, class), named like NTU
 (`S001C002P007R001A013.skeleton`, action = class index + 1), so the real reader, denoiser and
@@ -15,6 +15,12 @@ body, a wide noisy body, a body ID that changes mid-sequence, joint jitter.
 
 Every random draw is seeded from `cfg.seed` and the fields of the file name, never from process
 order, so the output is byte-identical for any number of workers.
+
+`cfg.damaged_files` malformed files are written beside the valid ones, as real downloads hold
+a few: copies of valid recordings, truncated mid-frame, with a non-numeric token, or with a
+body of 24 joints (in turn). They belong to performer 0 (`S001C001P000R...`), whom no valid
+file has, so preprocess skips them under their category and the valid samples, their splits
+and everything downstream are the same with or without them.
 """
 
 from __future__ import annotations
@@ -214,6 +220,39 @@ def _write_performance(args: tuple[SynthConfig, Path, int, int, int, int]) -> in
     return total
 
 
+DAMAGE = ("truncated", "bad_token", "wrong_joint_count")  # the skip category each produces
+
+
+def damage(text: str, kind: str) -> str:
+    """A malformed copy of a valid `.skeleton` text, damaged in its middle frame."""
+    lines = text.splitlines(keepends=True)
+    # joint-count lines ("25" after a body line): the middle one's joints are damaged
+    counts = [i for i in range(2, len(lines)) if lines[i] == f"{V}\n"
+              and len(lines[i - 1].split()) == 10]
+    at = counts[len(counts) // 2]
+    if kind == "truncated":  # the file ends inside a joint line
+        return "".join(lines[:at + 3]) + lines[at + 3][:len(lines[at + 3]) // 2]
+    if kind == "bad_token":
+        fields = lines[at + 1].split(" ")
+        return "".join(lines[:at + 1] + [" ".join(["n/a", *fields[1:]])] + lines[at + 2:])
+    if kind == "wrong_joint_count":
+        return "".join(lines[:at] + [f"{V - 1}\n"] + lines[at + 1:at + V] + lines[at + V + 1:])
+    raise ValueError(f"unknown damage {kind!r}")
+
+
+def write_damaged(cfg: SynthConfig, out_dir: Path) -> list[str]:
+    """`cfg.damaged_files` damaged copies of valid files of `out_dir` (names returned)."""
+    n_classes = cfg.base_classes + cfg.novel_classes
+    names = []
+    for i in range(cfg.damaged_files):
+        action, rep = i % n_classes + 1, i // n_classes + 1
+        text = (out_dir / file_name(1, 1, 1, 1, action)).read_text()
+        name = file_name(1, 1, 0, rep, action)
+        (out_dir / name).write_text(damage(text, DAMAGE[i % len(DAMAGE)]))
+        names.append(name)
+    return names
+
+
 def generate(cfg: SynthConfig, out_dir: Path, workers: int = 2) -> dict:
     """Write the dataset to `out_dir` (replaced whole, atomically) and return a summary."""
     acts = classes(cfg)
@@ -229,6 +268,7 @@ def generate(cfg: SynthConfig, out_dir: Path, workers: int = 2) -> dict:
                 sizes = list(pool.imap_unordered(_write_performance, tasks, chunksize=4))
         else:
             sizes = [_write_performance(t) for t in tasks]
+        damaged = write_damaged(cfg, tmp)
         n_base = cfg.base_classes
         atomic_write_json(tmp / "dataset.json", {
             "class_names": [a.name for a in acts],
@@ -236,4 +276,5 @@ def generate(cfg: SynthConfig, out_dir: Path, workers: int = 2) -> dict:
             "two_person_labels": [i for i, a in enumerate(acts) if a.actors == 2],
             "seed": cfg.seed,
         })
-    return {"files": len(tasks) * cfg.cameras, "classes": len(acts), "bytes": sum(sizes)}
+    return {"files": len(tasks) * cfg.cameras, "damaged_files": len(damaged),
+            "classes": len(acts), "bytes": sum(sizes)}
