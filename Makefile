@@ -7,7 +7,7 @@ PRESET ?= ntu60-xsub
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup check repro test test-slow test-all ui report bench lint exp exps
+.PHONY: help setup check repro test test-slow test-all ui register report bench gpu-check lint exp exps
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -36,14 +36,20 @@ test-slow: setup  ## only the slow tests (end-to-end DVC run, 2-process DDP, bro
 test-all: setup  ## every test, slow ones included
 	$(PY) -m pytest -q
 
-ui: setup  ## MLflow UI on http://127.0.0.1:$(PORT) (localhost only)
-	$(PY) -m pipeline.cli.ui --port $(PORT)
+ui: setup  ## MLflow UI on http://127.0.0.1:$(PORT) (localhost only; prints the runs URL)
+	$(PY) -m pipeline.cli.ui --port '$(PORT)'
+
+register: setup  ## register the evaluated encoders as mamp-encoder / stars-encoder @champion
+	$(PY) -m pipeline.cli.register
 
 report: check  ## reports/report.html and reports/report.md (runs what is missing first)
 	$(DVC) repro report
 
 bench: setup  ## benchmarks -> benchmarks/RESULTS.md and benchmarks/results.json
 	$(PY) -m benchmarks.run
+
+gpu-check: setup  ## CUDA only: pipeline + paper-size speed, fp32 and bf16 -> benchmarks/GPU.md
+	$(PY) -m benchmarks.gpu_check
 
 lint: setup  ## ruff over the code
 	$(VENV)/bin/ruff check pipeline stages tests benchmarks

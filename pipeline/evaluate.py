@@ -15,8 +15,10 @@ and cluster quality of the test features. Few-shot is never silently off: with
 the same way when loaded); with `false` the novel parts are skipped and the metrics say so.
 
 Outputs: `metrics_path` = {"mamp": {...}, "stars": {...}, "delta": {stars - mamp},
-"probe_mode", "chance", "fewshot": {"enabled", "reason"}} with the same flat keys for both
-models; the wall time in `timing.json` beside it; DVC plots
+"probe_mode", "chance", "fewshot": {"enabled", "reason"}, "provenance": {"mlflow_run_id",
+"mlflow_models": {model: id}}} with the same flat keys for both models (each model's metrics
+are linked to the MLflow model that pretrain / tune logged from its checkpoint); the wall time
+in `timing.json` beside it; DVC plots
 `plots_dir/<model>_{confusion,per_class,probe_curve}.csv`; the same numbers to the tracker.
 """
 
@@ -84,7 +86,8 @@ def model_features(params: Params, store: Store, ckpt: Path, name: str, features
             continue
         rows = store.select(split=split, novel=novel)
         key = json.dumps({"checkpoint": ckpt_sha, "store": store.meta.get("fingerprint"),
-                          "part": part, "model": to_dict(params.model)}, sort_keys=True)
+                          "part": part, "model": to_dict(params.model),
+                          "precision": params.eval.precision}, sort_keys=True)
         path = features_dir / f"{name}_{part}.npz"
         cached = load_features(path, key) if path.is_file() else None
         if cached is None:
@@ -92,7 +95,7 @@ def model_features(params: Params, store: Store, ckpt: Path, name: str, features
                 encoder = load_encoder(ckpt, params.model)
             dataset = SkeletonDataset(store, rows, TestTransform(params.model.frames))
             cached = extract_features(encoder, dataset, params.eval.batch_size, dist.device(),
-                                      params.eval.loader_workers)
+                                      params.eval.loader_workers, params.eval.precision)
             save_features(path, *cached, key=key)
         parts[part] = cached
     return parts, ckpt_sha
@@ -189,21 +192,29 @@ def run_evaluate(params: Params, store_dir: str | Path, mamp_ckpt: str | Path,
     store = Store.open(store_dir)
     check_data_params(params, store, "evaluate")
     fewshot = fewshot_status(params, store)
+    tracker.log_dataset(store_dir, store.meta["dataset"], store.meta["fingerprint"], "eval")
     features_dir, probe_dir, plots_dir = Path(features_dir), Path(probe_dir), Path(plots_dir)
     probe_dir.mkdir(parents=True, exist_ok=True)   # a DVC output, empty in cached mode
     class_names = list(store.meta.get("class_names", []))
-    per_model, plot_files, chance = {}, [], 0.0
+    per_model, plot_files, chance, model_ids = {}, [], 0.0, {}
     for name, ckpt in zip(MODELS, (Path(mamp_ckpt), Path(stars_ckpt))):
         feats, ckpt_sha = model_features(params, store, ckpt, name, features_dir)
         probe = linear_probe(params, store, feats, ckpt, ckpt_sha, name, probe_dir, tracker)
         per_model[name] = protocol_metrics(feats, probe, params.eval, dist.device())
         plot_files += write_plots(plots_dir, name, probe, feats["test"][1], class_names)
         chance = 1.0 / len(probe["classes"])
+        # The model that pretrain / tune logged from this very checkpoint, if any.
+        model_ids[name] = tracker.find_model(checkpoint_sha256=ckpt_sha)
     metrics = {**compare(per_model, params.eval.probe_mode, chance), "fewshot": fewshot}
+    # The report attaches to this run, and `make register` registers these models.
+    metrics["provenance"] = {"mlflow_run_id": tracker.run_id, "mlflow_models": model_ids}
     atomic_write_json(metrics_path, metrics)
 
-    tracker.log_metrics({f"{group}/{k}": v for group in (*MODELS, "delta")
-                         for k, v in metrics[group].items()} | {"chance": chance}, step=0)
+    for name in MODELS:   # each model's metrics linked to its logged model (MLflow 3)
+        tracker.log_metrics({f"{name}/{k}": v for k, v in metrics[name].items()}, step=0,
+                            model_id=model_ids[name])
+    tracker.log_metrics({f"delta/{k}": v for k, v in metrics["delta"].items()}
+                        | {"chance": chance}, step=0)
     for path in (Path(metrics_path), *plot_files):
         tracker.log_artifact(path, "evaluate")
     write_timing(Path(metrics_path), "evaluate", {"wall_time_s": time.perf_counter() - start},

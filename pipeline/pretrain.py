@@ -7,7 +7,8 @@ Usage (from `stages/pretrain.py`, alone or under torchrun)::
                            Path("metrics/pretrain.json"), Path("plots/pretrain"), tracker)
 
 Writes `<ckpt_dir>/last.pt` (kind "mamp") every epoch, resuming from it when data and
-config match; rank 0 writes `metrics/pretrain.json` and `plots/pretrain/loss.csv`.
+config match; rank 0 writes `metrics/pretrain.json` and `plots/pretrain/loss.csv` and logs
+the final encoder to MLflow as `mamp-encoder`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pipeline.data.checks import check_data_params
 from pipeline.data.dataset import GlobalBatchSampler, SkeletonDataset, make_loader
 from pipeline.data.store import Store
 from pipeline.data.transforms import TrainTransform
+from pipeline.eval.features import log_encoder
 from pipeline.models.mamp import MAMP
 from pipeline.training import checkpoint
 from pipeline.training.groups import MAMP_NO_DECAY, decay_groups
@@ -51,6 +53,7 @@ def run_pretrain(params: Params, store_dir: Path, ckpt_dir: Path, metrics_path: 
                           f"divisible by the number of processes ({world})")
     store = Store.open(store_dir)
     check_data_params(params, store, "pretrain")
+    tracker.log_dataset(store_dir, store.meta["dataset"], store.meta["fingerprint"], "train")
     rows = store.select(split="train", novel=False)
     dataset = SkeletonDataset(store, rows, TrainTransform(
         frames_out=model_cfg.frames, crop_min=cfg.crop_min, crop_floor=cfg.crop_floor,
@@ -69,7 +72,7 @@ def run_pretrain(params: Params, store_dir: Path, ckpt_dir: Path, metrics_path: 
     loop = LoopConfig(epochs=cfg.epochs, lr=cfg.lr, min_lr=cfg.min_lr,
                       warmup_epochs=cfg.warmup_epochs, schedule="cosine", optimizer="adamw",
                       betas=(0.9, 0.95), clip_grad=cfg.clip_grad, seed=cfg.seed,
-                      compile=cfg.compile)
+                      compile=cfg.compile, precision=cfg.precision)
     config = {"model": to_dict(model_cfg), "pretrain": to_dict(cfg)}
     start = time.perf_counter()
     history = fit(model, mamp_step, decay_groups(model, cfg.weight_decay, skip=MAMP_NO_DECAY),
@@ -91,4 +94,5 @@ def run_pretrain(params: Params, store_dir: Path, ckpt_dir: Path, metrics_path: 
     write_outputs(metrics_path, metrics, Path(plots_dir) / "loss.csv", history,
                   ["epoch", "loss", "lr"], tracker)
     write_timing(metrics_path, "pretrain", timing, tracker)
+    log_encoder(tracker, Path(ckpt_dir) / "last.pt", model_cfg, "mamp-encoder", step=len(history))
     return metrics | timing

@@ -14,7 +14,8 @@ from it when data, pretrained weights and config match, and `best.pt` (best vali
 beside it when `tune.keep_best`. A checkpoint's "model" is the `STARS` state dict: the encoder
 under its published names plus `head.*` and `queue.*`, so `eval.features.load_encoder` reads
 it as it reads a MAMP one. Rank 0 writes `metrics/tune.json` and `plots/tune/curves.csv`
-(epoch counted from 0, as in the pretraining plot).
+(epoch counted from 0, as in the pretraining plot), and logs the final encoder to MLflow as
+`stars-encoder`.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pipeline.data.checks import check_data_params
 from pipeline.data.dataset import GlobalBatchSampler, SkeletonDataset, make_loader
 from pipeline.data.store import Store
 from pipeline.data.transforms import TestTransform
-from pipeline.eval.features import extract_features
+from pipeline.eval.features import extract_features, log_encoder
 from pipeline.eval.knn import knn_predict
 from pipeline.models.stars import STARS
 from pipeline.training import checkpoint
@@ -85,14 +86,15 @@ def _load_pretrained(model: STARS, path: Path) -> str:
 
 
 def _sharded_features(model: STARS, store: Store, rows: np.ndarray, transform: TestTransform,
-                      batch_size: int, workers: int) -> np.ndarray:
+                      batch_size: int, workers: int, precision: str) -> np.ndarray:
     """Features (len(rows), D) of `rows`, each process computing one contiguous shard (the
     last padded with repeats) and all of them gathered, so every process gets all."""
     world, n = dist.world_size(), len(rows)
     per = -(-n // world)
     shard = rows[np.minimum(np.arange(dist.rank() * per, (dist.rank() + 1) * per), n - 1)]
     feats, _, _ = extract_features(model, SkeletonDataset(store, shard, transform),
-                                   batch_size=batch_size, device=dist.device(), workers=workers)
+                                   batch_size=batch_size, device=dist.device(), workers=workers,
+                                   precision=precision)
     gathered = dist.all_gather_no_grad(torch.from_numpy(feats).to(dist.device()))
     return gathered[:n].cpu().numpy()
 
@@ -110,6 +112,7 @@ def run_tune(params: Params, store_dir: Path, pretrain_ckpt: Path, ckpt_dir: Pat
         raise ConfigError(f"tune.head_warmup_epochs: {cfg.head_warmup_epochs} is invalid: must "
                           f"be < tune.epochs ({cfg.epochs}), which counts the warm-up")
     store = Store.open(store_dir)
+    tracker.log_dataset(store_dir, store.meta["dataset"], store.meta["fingerprint"], "train")
     base = store.select(split="train", novel=False)
     labels = store.index["label"].to_numpy()
     train_rows, val_rows = split_validation(base, labels[base], cfg.val_fraction, cfg.val_seed)
@@ -143,15 +146,15 @@ def run_tune(params: Params, store_dir: Path, pretrain_ckpt: Path, ckpt_dir: Pat
         if not validate:
             return {}
         bank = _sharded_features(model, store, train_rows, test, cfg.batch_size // world,
-                                 cfg.loader_workers)
+                                 cfg.loader_workers, cfg.precision)
         queries = _sharded_features(model, store, val_rows, test, cfg.batch_size // world,
-                                    cfg.loader_workers)
+                                    cfg.loader_workers, cfg.precision)
         pred = knn_predict(bank, labels[train_rows], queries, [cfg.val_k])[cfg.val_k]
         return {"val_knn": float(np.mean(pred == labels[val_rows]))}
 
     loop = LoopConfig(epochs=cfg.epochs, lr=cfg.lr, schedule="constant", optimizer="adamw",
                       betas=(0.9, 0.95), clip_grad=cfg.clip_grad, seed=cfg.seed,
-                      compile=cfg.compile,
+                      compile=cfg.compile, precision=cfg.precision,
                       # head warm-up: the encoder gets no gradient, which DDP must be told
                       find_unused_parameters=cfg.head_warmup_epochs > 0,
                       best_metric="val_knn" if validate and cfg.keep_best else None)
@@ -185,4 +188,5 @@ def run_tune(params: Params, store_dir: Path, pretrain_ckpt: Path, ckpt_dir: Pat
     write_outputs(metrics_path, metrics, Path(plots_dir) / "curves.csv", history,
                   ["epoch", "loss", "val_knn"], tracker)
     write_timing(metrics_path, "tune", timing, tracker)
+    log_encoder(tracker, Path(ckpt_dir) / "last.pt", model_cfg, "stars-encoder", step=len(history))
     return metrics | timing

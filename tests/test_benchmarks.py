@@ -1,11 +1,17 @@
 """Smoke tests of `make bench` (benchmarks/run.py) at `--quick` sizes, outputs in tmp_path."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from benchmarks.common import mamp_flops_per_sample, paper_model
 from benchmarks.run import SECTIONS, main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
@@ -21,12 +27,16 @@ def test_quick_run_writes_every_section_to_results_md_and_json(tmp_path):
     assert sec["ceiling"]["cpu_fp32_gflops"] > 0
     for size in ("paper", "default"):
         for alloc in ("glibc default", "keep freed"):
-            fig = sec["pretrain"][f"{size}|{alloc}"]
+            fig = sec["pretrain"][f"{size}|{alloc}|fp32"]
             assert fig["samples_per_s"] > 0 and 0 < fig["mfu"] and fig["peak_rss_mb"] > 0
         assert sec["pretrain"][f"{size}|keep_freed_speedup"] > 0
-    for batch in (8, 32):
-        assert sec["tune"][f"batch {batch}"]["samples_per_s"] > 0
-    assert sec["eval"]["features"]["samples_per_s"] > 0
+    assert sec["pretrain"]["paper|keep freed|bf16"]["samples_per_s"] > 0
+    for key in ("batch 8|fp32", "batch 8|bf16", "batch 32|fp32"):
+        assert sec["tune"][key]["samples_per_s"] > 0
+    for precision in ("fp32", "bf16"):
+        assert sec["eval"][f"features|{precision}"]["samples_per_s"] > 0
+    assert sec["eval"]["features_bf16_speedup"] > 0
+    assert "bf16 / fp32" in md
     assert sec["eval"]["knn"]["identical"] is True
     assert sec["eval"]["probe"]["paper_epoch_s_xsub"] > 0
     assert sec["preprocess"]["parse"]["mb_per_s"] > 0
@@ -53,3 +63,13 @@ def test_flops_at_paper_size_match_the_reference():
     assert abs(flops["decoder_fraction"] - 0.84) < 0.01
     assert flops["train"] == 3 * flops["forward"] == 3 * (flops["encoder"] + flops["decoder"])
     assert (flops["tokens"], flops["kept"]) == (750, 74)
+
+
+def test_gpu_check_without_cuda_says_so_in_one_line_and_exits_0(tmp_path):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--out",
+                          str(tmp_path / "GPU.md")], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines() == [out.stdout.strip()]
+    assert "no CUDA device" in out.stdout and not (tmp_path / "GPU.md").exists()

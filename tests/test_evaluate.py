@@ -15,6 +15,7 @@ import torch
 
 from pipeline.core.config import parse_params
 from pipeline.core.errors import ConfigError, UserError
+from pipeline.core.tracking import NullTracker
 from pipeline.data.dataset import SkeletonDataset
 from pipeline.data.store import Store
 from pipeline.data.transforms import TestTransform
@@ -34,14 +35,11 @@ TINY = {"model": {"depth": 2, "dim": 16, "heads": 2, "frames": 8, "t_patch": 4,
 NAMES = ["a", "b", "c", "d", "e", "f"]   # a-c base classes, d-f novel
 
 
-class RecordingTracker:
+class RecordingTracker(NullTracker):
     def __init__(self):
         self.metrics, self.artifacts = {}, []
 
-    def log_params(self, params):
-        pass
-
-    def log_metrics(self, metrics, step=0):
+    def log_metrics(self, metrics, step=0, model_id=None):
         self.metrics.update(metrics)
 
     def log_artifact(self, path, artifact_path=None):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import runpy
-import socket
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ import pytest
 from pipeline.core.config import parse_params
 from pipeline.core.tracking import NullTracker
 from pipeline.training import checkpoint
+from tests.conftest import free_port
 from tests.conftest import write_store as write_tiny_store
 
 TINY = {"model": {"depth": 2, "dim": 16, "heads": 2, "frames": 8, "t_patch": 4,
@@ -132,17 +132,14 @@ def test_two_processes_pretrain_with_the_same_loss_curve_as_one(tmp_path):
     script = tmp_path / "pretrain_script.py"
     script.write_text(SCRIPT.format(tests=str(Path(__file__).parent)))
     runpy.run_path(str(script))["main"](store, tmp_path / "one", 1, 0)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     proc = subprocess.run([sys.executable, str(script), str(store), str(tmp_path / "two"), "2",
-                           str(port)], capture_output=True, text=True, check=False, timeout=300)
+                           str(free_port())], capture_output=True, text=True, check=False, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = (checkpoint.load(tmp_path / d / "ckpt" / "last.pt") for d in ("one", "two"))
     loss_one = [h["loss"] for h in one["extra"]["history"]]
     loss_two = [h["loss"] for h in two["extra"]["history"]]
     assert loss_two == pytest.approx(loss_one, rel=1e-5)
-    assert json.loads((tmp_path / "two" / "pretrain.json").read_text())["processes"] == 2
+    assert json.loads((tmp_path / "two" / "timing.json").read_text())["pretrain"]["processes"] == 2
     for k, v in one["model"].items():
         a, b = v.clone(), two["model"][k].clone()
         if k.endswith("attn.qkv.bias"):

@@ -131,6 +131,9 @@ class PretrainConfig:
     seed: int = Field(0, ge=0)
     compile: bool = False
     loader_workers: int = Field(1, ge=0)
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16 autocast (CPU or GPU) for the training step; similarities, "
+                            "losses, BatchNorm statistics and optimizer state stay fp32")
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -161,6 +164,9 @@ class TuneConfig:
     seed: int = Field(0, ge=0)
     compile: bool = False
     loader_workers: int = Field(1, ge=0)
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16 autocast for the tuning step and its validation features "
+                            "(as pretrain.precision)")
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -184,6 +190,9 @@ class EvalConfig:
     seed: int = Field(0, ge=0)
     batch_size: int = Field(256, ge=1, description="feature extraction batch size")
     loader_workers: int = Field(0, ge=0, description="data loader processes for feature extraction")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16 autocast for feature extraction and the paper-mode probe "
+                            "(its train and test features alike; as pretrain.precision)")
 
 
 @dataclass(frozen=True, config=_STRICT)

@@ -1,9 +1,14 @@
-"""What every DVC stage entry point shares: one-line user errors, torchrun set-up, tracking.
+"""What every DVC stage entry point shares: one-line user errors, torchrun set-up, tracking,
+and interrupts.
 
 A stage script parses its paths, then::
 
     with stage_context("pretrain") as (params, tracker):
         run_pretrain(params, ..., tracker)
+
+Ctrl-C (SIGINT) and SIGTERM end the stage's MLflow run as KILLED and print one line, e.g.
+`interrupted in epoch 3 of tune; run make repro to resume from epoch 2`; the exit status is
+128 + the signal number (130 for Ctrl-C), as a shell reports a signal.
 """
 
 from __future__ import annotations
@@ -13,13 +18,14 @@ import csv
 import io
 import json
 import os
+import signal
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pipeline.core.config import Params, load_params
-from pipeline.core.errors import UserError
+from pipeline.core.errors import Interrupted, UserError
 from pipeline.core.io import atomic_write_json, atomic_write_text, sweep_temps
 
 TIMING_FILE = "timing.json"
@@ -31,11 +37,13 @@ def stage_context(name: str, params_path: str = "params.yaml", distributed: bool
     """Remove what killed runs left of `outputs` (`sweep_temps`), load params, (re)launch
     under torchrun when `dist` asks for it, open the MLflow run.
 
-    User errors become one line on stderr and exit status 2; bugs keep their traceback.
+    User errors become one line on stderr and exit status 2; an interrupt becomes one line
+    and exit status 128 + signal; bugs keep their traceback.
     """
     from pipeline.core import dist
     from pipeline.core.tracking import start_run
 
+    signal.signal(signal.SIGTERM, _raise_interrupted)
     if int(os.environ.get("RANK", "0")) == 0:   # the launcher, or rank 0 before any write
         sweep_temps(outputs)
     try:
@@ -55,6 +63,25 @@ def stage_context(name: str, params_path: str = "params.yaml", distributed: bool
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        if dist.is_main():
+            print(interrupt_message(name, getattr(exc, "epoch", None)), file=sys.stderr)
+        sys.exit(128 + signum)
+
+
+def _raise_interrupted(signum: int, _frame: object) -> None:
+    raise Interrupted(signum)
+
+
+def interrupt_message(stage: str, epoch: int | None) -> str:
+    """The one line printed for an interrupted stage (`epoch` 1-based, None outside training)."""
+    if epoch is None:
+        return f"interrupted during {stage}; run make repro to run it again"
+    if epoch == 1:
+        return f"interrupted in epoch 1 of {stage}; run make repro to start it again"
+    return (f"interrupted in epoch {epoch} of {stage}; run make repro to resume from epoch "
+            f"{epoch - 1}")
 
 
 def write_outputs(metrics_path: Path, metrics: Mapping[str, Any], curve_path: Path,

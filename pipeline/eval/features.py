@@ -6,6 +6,7 @@ Usage::
     feats, labels, indices = extract_features(encoder, dataset, batch_size=256, device="cpu")
     save_features("features/stars_test.npz", feats, labels, indices, key=cache_key)
     feats, labels, indices = load_features("features/stars_test.npz")
+    model_id = log_encoder(tracker, "models/tune/last.pt", params.model, "stars-encoder", step)
 
 `dataset` is a `pipeline.data.dataset.SkeletonDataset` built with the test transform; it is
 read in order once (the test transform draws no randomness).
@@ -14,16 +15,18 @@ read in order once (the test transform draws no randomness).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from pipeline.core.config import ModelConfig
 from pipeline.core.errors import UserError
-from pipeline.core.io import atomic_path
+from pipeline.core.io import atomic_path, file_sha256
 from pipeline.data.dataset import GlobalBatchSampler, SkeletonDataset, make_loader
 from pipeline.models.encoder import Encoder
 from pipeline.training import checkpoint
+from pipeline.training.loop import autocast
 
 # Keys of a pretraining/tuning checkpoint that are not part of the encoder: the MAMP decoder
 # and mask token (published key names), and the STARS head and queue.
@@ -47,16 +50,33 @@ def load_encoder(ckpt_path: str | Path, model_cfg: ModelConfig) -> Encoder:
     return encoder.eval()
 
 
+def log_encoder(tracker: Any, ckpt_path: str | Path, model_cfg: ModelConfig,
+                name: str, step: int) -> str | None:
+    """Log the checkpoint's encoder as an MLflow model of the tracker's run (input example:
+    two zero clips (2, M, T, V, 3): the signature holds the shapes, and a batch of 2 keeps
+    the exported batch size free); tagged with the
+    checkpoint's sha256, which the evaluate stage uses to link its metrics. MLflow links the
+    run's metrics of `step` to the model: pass the step of the final metrics. Returns the
+    model id (None when not tracked)."""
+    if tracker.run_id is None:
+        return None
+    encoder = load_encoder(ckpt_path, model_cfg)
+    example = np.zeros((2, model_cfg.actors, model_cfg.frames, model_cfg.joints, 3), np.float32)
+    return tracker.log_model(encoder, name, example, step=step,
+                             tags={"checkpoint_sha256": file_sha256(ckpt_path)})
+
+
 def extract_features(encoder: Encoder, dataset: SkeletonDataset, batch_size: int,
-                     device: str | torch.device, workers: int = 0,
+                     device: str | torch.device, workers: int = 0, precision: str = "fp32",
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pooled features of every sample: feats float32 (N, D), labels (N,), indices (N,)."""
+    """Pooled features of every sample: feats float32 (N, D), labels (N,), indices (N,);
+    computed under the training loop's `autocast` in `precision` ("fp32" or "bf16")."""
     # in order, every sample once; the per-sample seeds go unused by the test transform
     sampler = GlobalBatchSampler(len(dataset), batch_size, shuffle=False, drop_last=False)
     loader = make_loader(dataset, sampler, workers)
     encoder = encoder.to(device).eval()
     feats, labels, indices = [], [], []
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, precision):
         for batch in loader:
             x = batch["x"].to(device, non_blocking=True)      # (N, M, T, V, C)
             feats.append(encoder.forward_features(x).float().cpu())  # (N, D)

@@ -64,13 +64,15 @@ class FrozenEncoderProbe(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:   # (N, M, T, V, C) -> (N, classes)
         with torch.no_grad():
-            f = self.encoder.forward_features(x)          # (N, D)
-        return self.probe(f.float())
+            f = self.encoder.forward_features(x)          # (N, D), in the loop's precision
+        # the head in fp32 (its BatchNorm statistics), as `_score` runs it on test features
+        with torch.autocast(x.device.type, enabled=False):
+            return self.probe(f.float())
 
 
 def loop_config(cfg: EvalConfig) -> LoopConfig:
     return LoopConfig(epochs=cfg.probe_epochs, lr=cfg.probe_lr, min_lr=0.0, schedule="cosine",
-                      optimizer="sgd", momentum=0.9, seed=cfg.seed)
+                      optimizer="sgd", momentum=0.9, seed=cfg.seed, precision=cfg.precision)
 
 
 @contextlib.contextmanager

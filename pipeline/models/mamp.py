@@ -68,12 +68,14 @@ class MAMP(Encoder):
         """(N, M, T, V, C) -> (N*M, L, t_patch*C): motion m[t] = x[t+1] - x[t] (last frame 0),
         patched and normalised per token (the release's `norm_skes_loss`: unbiased variance)."""
         N, M, T, V, C = x.shape
-        motion = torch.zeros_like(x)
-        motion[:, :, :-1] = x[:, :, 1:] - x[:, :, :-1]
-        target = self.patchify(motion.reshape(N * M, T, V, C))      # (N*M, L, u*C)
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True)
-        return (target - mean) / (var + 1e-6).sqrt()
+        with torch.autocast(x.device.type, enabled=False):  # fp32 target under bf16 autocast
+            x = x.float()
+            motion = torch.zeros_like(x)
+            motion[:, :, :-1] = x[:, :, 1:] - x[:, :, :-1]
+            target = self.patchify(motion.reshape(N * M, T, V, C))  # (N*M, L, u*C)
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)
+            return (target - mean) / (var + 1e-6).sqrt()
 
     # ---------------------------------------------------------------- masking
 
@@ -147,8 +149,9 @@ class MAMP(Encoder):
     def forward_loss(self, target: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor
                      ) -> torch.Tensor:
         """Mean squared error over the masked tokens only. target, pred: (N*M, L, u*C)."""
-        loss = (pred.float() - target).pow(2).mean(dim=-1)          # (N*M, L) per token
-        return (loss * mask).sum() / mask.sum()
+        with torch.autocast(pred.device.type, enabled=False):  # fp32 loss under autocast
+            loss = (pred.float() - target.float()).pow(2).mean(dim=-1)  # (N*M, L) per token
+            return (loss * mask).sum() / mask.sum()
 
     def forward(self, x: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
         """x: (N, M, T, V, C), seeds: (N,) -> scalar loss."""

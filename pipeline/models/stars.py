@@ -35,9 +35,9 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()  # statistics in float32, also under bf16 autocast
         if not self.training or dist.world_size() == 1:
             return super().forward(x)
-        x = x.float()  # statistics in float32, also under bf16 autocast
         n = dist.all_gather_no_grad(x.new_tensor([x.shape[0]])).sum()       # global batch size
         mean = dist.all_gather_with_grad(x.sum(0, keepdim=True)).sum(0) / n              # (C,)
         var = dist.all_gather_with_grad(((x - mean) ** 2).sum(0, keepdim=True)).sum(0) / n
@@ -118,9 +118,10 @@ def nnclr_loss(nn_z: torch.Tensor, p_all: torch.Tensor, temperature: float) -> t
     """Cross-entropy of NN(z_i) . p_j / t: rows are this process's samples, columns the
     predictions of the global batch (negatives), positives where j is sample i itself."""
     n = nn_z.shape[0]
-    logits = nn_z @ p_all.T / temperature                                     # (N, W * N)
-    labels = torch.arange(n, device=nn_z.device) + dist.rank() * n
-    return F.cross_entropy(logits.float(), labels)
+    with torch.autocast(nn_z.device.type, enabled=False):  # logits and loss in fp32 always
+        logits = nn_z.float() @ p_all.float().T / temperature                 # (N, W * N)
+        labels = torch.arange(n, device=nn_z.device) + dist.rank() * n
+        return F.cross_entropy(logits, labels)
 
 
 class STARS(Encoder):

@@ -39,8 +39,8 @@ from pipeline.report.render import (
 from pipeline.report.sources import (
     Unavailable,
     dvc_experiments,
+    evaluate_run,
     git_commit,
-    latest_run,
     mlflow_runs,
     open_store,
     read_csv,
@@ -383,11 +383,17 @@ def _provenance(ctx: Context) -> list[Block]:
         except Unavailable as exc:
             blocks.append(_not_available(f"metrics/{name}: {exc}"))
     try:
+        run = evaluate_run(ctx.root, ctx.params.tracking, ctx.evaluation)
+        blocks.append(Text(f"Results from MLflow run {run.info.run_id} ({run.info.run_name}); "
+                           "this report is attached to it under report/."))
+    except Unavailable as exc:
+        blocks.append(_not_available(f"MLflow evaluate run: {exc}"))
+    try:
         runs = mlflow_runs(ctx.root, ctx.params.tracking)
-        latest = runs.drop_duplicates("stage")[["stage", "run_id", "run_name", "status", "start"]]
+        latest = runs.drop_duplicates("stage")[["stage", "run_id", "run_name", "start"]]
         blocks.append(Table(latest.astype(str),
-                            f"Latest MLflow run per stage ({len(runs)} runs in experiment "
-                            f"{ctx.params.tracking.experiment!r})."))
+                            f"Latest finished MLflow run per stage ({len(runs)} finished runs "
+                            f"in experiment {ctx.params.tracking.experiment!r})."))
     except Unavailable as exc:
         blocks.append(_not_available(f"MLflow runs: {exc}"))
     blocks.append(Text("Parameters (params.yaml):"))
@@ -452,14 +458,17 @@ def build_report(root: Path, cfg: ReportConfig, out_dir: Path) -> Path:
 
 
 def attach_to_mlflow(root: Path, tracking: TrackingConfig, out_dir: Path) -> str:
-    """Log the report and its figures under `report/` of the latest evaluate run.
+    """Log the report and its figures under `report/` of the evaluate run that produced the
+    metrics it shows (the run id in metrics/evaluate.json's provenance).
 
     Best effort: returns one line saying what was attached to which run, or why nothing was.
     """
     if not tracking.enabled:
         return "report not attached to MLflow: tracking.enabled is false"
+    root = Path(root).resolve()
     try:
-        run = latest_run(mlflow_runs(Path(root).resolve(), tracking), "evaluate")
+        evaluation = read_json(root / "metrics" / "evaluate.json")
+        run = evaluate_run(root, tracking, evaluation)
     except Unavailable as exc:
         return f"report not attached to MLflow: {exc}"
     from mlflow.exceptions import MlflowException
@@ -467,17 +476,18 @@ def attach_to_mlflow(root: Path, tracking: TrackingConfig, out_dir: Path) -> str
 
     from pipeline.core.tracking import tracking_uri
 
-    client = MlflowClient(tracking_uri=tracking_uri(tracking, Path(root).resolve()))
+    client = MlflowClient(tracking_uri=tracking_uri(tracking, root))
+    run_id = run.info.run_id
     attached = []
     try:
         for name in ("report.html", "report.md"):
-            client.log_artifact(run.run_id, str(out_dir / name), "report")
+            client.log_artifact(run_id, str(out_dir / name), "report")
             attached.append(name)
         pngs = sorted((out_dir / "figures").glob("*.png"))
-        client.log_artifacts(run.run_id, str(out_dir / "figures"), "report/figures")
+        client.log_artifacts(run_id, str(out_dir / "figures"), "report/figures")
         attached.append(f"{len(pngs)} figures")
     except (MlflowException, OSError) as exc:
         done = ", ".join(attached) or "nothing"
-        return f"report partly attached to MLflow run {run.run_id} ({done}); then failed: {exc}"
-    return (f"attached {', '.join(attached)} to MLflow run {run.run_id} ({run.run_name}) "
+        return f"report partly attached to MLflow run {run_id} ({done}); then failed: {exc}"
+    return (f"attached {', '.join(attached)} to MLflow run {run_id} ({run.info.run_name}) "
             "under report/")

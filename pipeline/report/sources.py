@@ -8,7 +8,6 @@ prints in place of the section; a source that exists but is malformed raises `Da
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -124,30 +123,38 @@ def dvc_experiments(root: Path) -> pd.DataFrame:
     return pd.json_normalize(records, sep=".")
 
 
-def mlflow_runs(root: Path, tracking: TrackingConfig) -> pd.DataFrame:
-    """Runs of the project's MLflow experiment, newest first.
-
-    Columns: run_id, stage, run_name, status, start (UTC), dvc_exp, artifact_uri.
-    """
-    from pipeline.core.tracking import check_reachable, tracking_uri
+def _mlflow_client(root: Path, tracking: TrackingConfig) -> Any:
+    """A client of the project's store; Unavailable when there is none or it is unusable."""
+    from pipeline.core.tracking import check_reachable, check_store, tracking_uri
 
     uri = tracking_uri(tracking, root)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise Unavailable(f"no MLflow store at {uri.removeprefix('sqlite:///')}")
     try:
         check_reachable(uri)
+        check_store(uri)
     except UserError as exc:
         raise Unavailable(str(exc))
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def mlflow_runs(root: Path, tracking: TrackingConfig) -> pd.DataFrame:
+    """FINISHED runs of the project's MLflow experiment, newest first (a RUNNING, FAILED or
+    KILLED run holds partial results).
+
+    Columns: run_id, stage, run_name, status, start (UTC), dvc_exp, artifact_uri.
+    """
+    client = _mlflow_client(root, tracking)
     experiment = client.get_experiment_by_name(tracking.experiment)
     if experiment is None:
-        raise Unavailable(f"no MLflow experiment {tracking.experiment!r} in {uri}")
+        raise Unavailable(f"no MLflow experiment {tracking.experiment!r} in {client.tracking_uri}")
     runs = client.search_runs([experiment.experiment_id], max_results=1000,
+                              filter_string="attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"])
     if not runs:
-        raise Unavailable(f"MLflow experiment {tracking.experiment!r} has no runs")
+        raise Unavailable(f"MLflow experiment {tracking.experiment!r} has no finished runs")
     return pd.DataFrame([{
         "run_id": r.info.run_id, "stage": r.data.tags.get("stage", ""),
         "run_name": r.info.run_name, "status": r.info.status,
@@ -156,11 +163,22 @@ def mlflow_runs(root: Path, tracking: TrackingConfig) -> pd.DataFrame:
     } for r in runs])
 
 
-def latest_run(runs: pd.DataFrame, stage: str) -> pd.Series:
-    """The newest run of `stage`, preferring one of the current DVC experiment (DVC_EXP_NAME)
-    so a report built inside `dvc exp run` attaches to its own evaluate run."""
-    of_stage = runs[runs["stage"] == stage]
-    if of_stage.empty:
-        raise Unavailable(f"no MLflow run of stage {stage!r}")
-    same_exp = of_stage[of_stage["dvc_exp"] == os.environ.get("DVC_EXP_NAME", "")]
-    return (same_exp if not same_exp.empty else of_stage).iloc[0]
+def evaluate_run(root: Path, tracking: TrackingConfig, evaluation: dict | None) -> Any:
+    """The MLflow run that produced `evaluation` (metrics/evaluate.json), by the run id in its
+    provenance (never "the latest"); it must have FINISHED."""
+    from mlflow.exceptions import MlflowException
+
+    run_id = ((evaluation or {}).get("provenance") or {}).get("mlflow_run_id")
+    if not run_id:
+        raise Unavailable("metrics/evaluate.json names no MLflow run (tracking was off when "
+                          "the evaluate stage ran)")
+    client = _mlflow_client(root, tracking)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise Unavailable(f"the evaluate run {run_id} named in metrics/evaluate.json is not in "
+                          f"{client.tracking_uri}")
+    if run.info.status != "FINISHED":
+        raise Unavailable(f"the evaluate run {run_id} named in metrics/evaluate.json is "
+                          f"{run.info.status}, not FINISHED; rerun the evaluate stage")
+    return run

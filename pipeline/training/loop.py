@@ -22,7 +22,11 @@ What the loop guarantees (after MAE's engine_pretrain.py and nanoGPT's train.py)
 - a non-finite loss raises `TrainingDiverged` before anything is saved;
 - `<ckpt_dir>/last.pt` is written atomically by rank 0 after every epoch, and a run whose
   fingerprint matches resumes from it (rank 0 reads it and sends it to the other ranks, so
-  only node 0 needs `ckpt_dir`); `best.pt` (when `best_metric` is set) is separate.
+  only node 0 needs `ckpt_dir`), continuing the MLflow run whose id it keeps in
+  `extra["mlflow_run_id"]`; `best.pt` (when `best_metric` is set) is separate;
+- an interrupt (Ctrl-C, SIGTERM) leaves as `Interrupted` naming the epoch it stopped in;
+- when stderr is not a terminal (a log file, CI) each epoch leaves one summary line there,
+  since the progress bar does not.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import signal
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +47,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline.core import dist
-from pipeline.core.errors import UserError
+from pipeline.core.errors import Interrupted, UserError
 from pipeline.training import checkpoint
 
 StepFn = Callable[[nn.Module, Any], tuple[torch.Tensor, Mapping[str, Any]]]
@@ -71,6 +77,7 @@ class LoopConfig:
     best_metric: str | None = None              # key of on_epoch_end's dict that picks best.pt
     best_mode: Literal["max", "min"] = "max"
     log_every: int = 10                         # steps between host reads of the loss
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast on any device (`autocast`)
 
 
 def lr_at(epoch: float, cfg: LoopConfig) -> float:
@@ -83,6 +90,15 @@ def lr_at(epoch: float, cfg: LoopConfig) -> float:
     progress = (epoch - cfg.warmup_epochs) / max(cfg.epochs - cfg.warmup_epochs, 1e-12)
     return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
+
+
+def autocast(device: torch.device | str, precision: str) -> torch.autocast:
+    """The one mixed-precision switch (training steps, features): bf16 autocast on whatever
+    device runs, CPU included, for "bf16"; a no-op for "fp32". bf16 keeps fp32's exponent
+    range, so no loss scaler is needed. Parameters, and hence optimizer state, stay fp32;
+    the models pin their numerically sensitive parts to fp32 themselves."""
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def build_optimizer(groups: Sequence[Mapping[str, Any]], cfg: LoopConfig,
@@ -167,6 +183,7 @@ class _Progress:
     step: int = 0             # optimizer steps taken
     history: list[dict[str, float]] = field(default_factory=list)
     best: float | None = None
+    run_id: str | None = None  # the MLflow run that logged the epochs so far
 
 
 def _resume(path: Path, fingerprint: str, model: nn.Module,
@@ -186,7 +203,8 @@ def _resume(path: Path, fingerprint: str, model: nn.Module,
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     return _Progress(epoch=ckpt["epoch"], step=ckpt["step"],
-                     history=list(ckpt["extra"]["history"]), best=ckpt["extra"]["best"])
+                     history=list(ckpt["extra"]["history"]), best=ckpt["extra"]["best"],
+                     run_id=ckpt["extra"].get("mlflow_run_id"))
 
 
 def fit(model: nn.Module, step_fn: StepFn, groups: Sequence[Mapping[str, Any]],
@@ -206,6 +224,8 @@ def fit(model: nn.Module, step_fn: StepFn, groups: Sequence[Mapping[str, Any]],
     last_path, best_path = Path(ckpt_dir) / "last.pt", Path(ckpt_dir) / "best.pt"
     dist.agree({"data and config fingerprint (data/processed, params.yaml)": fingerprint})
     state = _resume(last_path, fingerprint, model, optimizer)
+    if state.run_id and hasattr(tracker, "resume"):
+        tracker.resume(state.run_id)   # one run, one curve, across interruptions
 
     wrapped: nn.Module = model
     if dist.world_size() > 1:
@@ -217,37 +237,55 @@ def fit(model: nn.Module, step_fn: StepFn, groups: Sequence[Mapping[str, Any]],
     if cfg.compile:
         wrapped = torch.compile(wrapped)
 
-    for epoch in range(state.epoch, cfg.epochs):
-        seed_everything(_epoch_seed(cfg.seed, epoch))
-        model.train()
-        last_good = (f"{last_path} (after epoch {state.epoch}) is kept" if state.epoch
-                     else "no checkpoint was written yet")
-        with _deterministic(device):
-            metrics = _train_one_epoch(wrapped, step_fn, loader_factory(epoch), optimizer,
-                                       cfg, epoch, state.step, device, last_good)
-        state.step += metrics.pop("steps")
-        if on_epoch_end is not None:
-            metrics.update({k: float(v) for k, v in on_epoch_end(epoch, model).items()})
-        state.history.append(metrics)
-        state.epoch = epoch + 1
-        improved = False
-        if cfg.best_metric is not None:
-            if cfg.best_metric not in metrics:
-                raise ValueError(f"best_metric {cfg.best_metric!r} is not among the epoch "
-                                 f"metrics {sorted(metrics)}")
-            improved = _improved(metrics[cfg.best_metric], state.best, cfg.best_mode)
-            if improved:
-                state.best = metrics[cfg.best_metric]
-        if dist.is_main():
-            ckpt = checkpoint.make(kind, model, optimizer, step=state.step, epoch=state.epoch,
-                                   config=config, fingerprint=fingerprint,
-                                   extra={"history": state.history, "best": state.best})
-            # best.pt before last.pt: a kill in between re-runs this epoch and rewrites both.
-            if improved:
-                checkpoint.save(best_path, ckpt)
-            checkpoint.save(last_path, ckpt)
-            tracker.log_metrics(metrics, step=epoch)
+    saved = state.epoch   # epochs in last.pt: where a re-run resumes
+    try:
+        for epoch in range(state.epoch, cfg.epochs):
+            seed_everything(_epoch_seed(cfg.seed, epoch))
+            model.train()
+            last_good = (f"{last_path} (after epoch {state.epoch}) is kept" if state.epoch
+                         else "no checkpoint was written yet")
+            with _deterministic(device):
+                metrics = _train_one_epoch(wrapped, step_fn, loader_factory(epoch), optimizer,
+                                           cfg, epoch, state.step, device, last_good)
+            state.step += metrics.pop("steps")
+            if on_epoch_end is not None:
+                metrics.update({k: float(v) for k, v in on_epoch_end(epoch, model).items()})
+            state.history.append(metrics)
+            state.epoch = epoch + 1
+            improved = False
+            if cfg.best_metric is not None:
+                if cfg.best_metric not in metrics:
+                    raise ValueError(f"best_metric {cfg.best_metric!r} is not among the epoch "
+                                     f"metrics {sorted(metrics)}")
+                improved = _improved(metrics[cfg.best_metric], state.best, cfg.best_mode)
+                if improved:
+                    state.best = metrics[cfg.best_metric]
+            if dist.is_main():
+                run_id = getattr(tracker, "run_id", None) or state.run_id
+                ckpt = checkpoint.make(kind, model, optimizer, step=state.step, epoch=state.epoch,
+                                       config=config, fingerprint=fingerprint,
+                                       extra={"history": state.history, "best": state.best,
+                                              "mlflow_run_id": run_id})
+                # best.pt before last.pt: a kill in between re-runs this epoch and rewrites both.
+                if improved:
+                    checkpoint.save(best_path, ckpt)
+                checkpoint.save(last_path, ckpt)
+                saved = state.epoch
+                tracker.log_metrics(metrics, step=epoch)
+                if not sys.stderr.isatty():
+                    tqdm.write(_summary(metrics, cfg.epochs), file=sys.stderr)
+    except KeyboardInterrupt as exc:   # Ctrl-C, or SIGTERM as pipeline.core.stage maps it
+        raise Interrupted(getattr(exc, "signum", signal.SIGINT), saved + 1) from None
     return state.history
+
+
+def _summary(metrics: Mapping[str, float], epochs: int) -> str:
+    """One line per epoch for logs: `epoch 3/20 loss 0.4312 val_knn 0.6210 lr 1.0e-03 ...`."""
+    rest = " ".join(f"{k} {v:.4g}" for k, v in metrics.items()
+                    if k not in ("epoch", "loss", "lr", "samples_per_s", "epoch_time_s"))
+    return (f"epoch {int(metrics['epoch']) + 1}/{epochs} loss {metrics['loss']:.4f}"
+            f"{' ' + rest if rest else ''} lr {metrics['lr']:.1e} "
+            f"{metrics['samples_per_s']:.1f} samples/s {metrics['epoch_time_s']:.1f} s")
 
 
 def _train_one_epoch(model: nn.Module, step_fn: StepFn, loader: Iterable,
@@ -259,16 +297,14 @@ def _train_one_epoch(model: nn.Module, step_fn: StepFn, loader: Iterable,
         raise UserError("the training set holds fewer samples than one global batch; "
                         "lower the batch size or add data")
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    # bf16 keeps fp32's exponent range, so no loss scaler is needed; a no-op on CPU.
-    autocast = {"device_type": device.type, "dtype": torch.bfloat16,
-                "enabled": device.type == "cuda"}
     window: list[torch.Tensor] = []   # per-step [loss, *logs] on device, read every log_every
     totals = None
     keys: list[str] = []
     samples = 0
     lr = 0.0
     bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-               disable=not dist.is_main(), dynamic_ncols=True, leave=False)
+               disable=not dist.is_main() or not sys.stderr.isatty(), dynamic_ncols=True,
+               leave=False)
     start = time.perf_counter()
     for it, batch in enumerate(bar):
         lr = lr_at(epoch + it / steps, cfg)
@@ -277,7 +313,7 @@ def _train_one_epoch(model: nn.Module, step_fn: StepFn, loader: Iterable,
         batch = _to_device(batch, device)
         samples += _batch_size(batch)
 
-        with torch.autocast(**autocast):
+        with autocast(device, cfg.precision):
             loss, logs = step_fn(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli.ui import serve, ui_command
+from pipeline.cli.ui import check_bind_env, main, serve, ui_command
 from pipeline.core.errors import UserError
 from tests.conftest import free_port
 
@@ -53,6 +54,75 @@ def test_serve_on_a_busy_port_fails_with_one_line(tmp_path, monkeypatch):
             serve(tmp_path, port=busy.getsockname()[1])
 
 
+@pytest.mark.parametrize("var, value", [
+    ("MLFLOW_UVICORN_OPTS", "--host 0.0.0.0"), ("MLFLOW_UVICORN_OPTS", "--uds /tmp/x.sock"),
+    ("MLFLOW_GUNICORN_OPTS", "-b 0.0.0.0:80"), ("MLFLOW_GUNICORN_OPTS", "--bind=0.0.0.0:80"),
+    ("MLFLOW_GUNICORN_OPTS", "-b0.0.0.0:80"), ("MLFLOW_WAITRESS_OPTS", "--listen=*:80")])
+def test_binds_smuggled_through_server_options_are_refused(tmp_path, monkeypatch, capsys,
+                                                           var, value):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "mlflow.db").touch()
+    monkeypatch.setenv(var, value)
+    with pytest.raises(UserError, match=f"{var} sets where the UI listens"):
+        serve(tmp_path, port=free_port())       # also when --host was given
+    assert main(["--params", str(tmp_path / "params.yaml")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: {var} sets where the UI listens")
+
+
+def test_harmless_server_options_pass():
+    check_bind_env({"MLFLOW_UVICORN_OPTS": "--timeout-keep-alive 5", "MLFLOW_HOST": "::1"})
+
+
+def test_a_non_loopback_host_needs_an_explicit_host_flag(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_HOST", "0.0.0.0")
+    assert main(["--params", str(tmp_path / "params.yaml")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: MLFLOW_HOST=0.0.0.0 would expose the UI beyond this machine; unset it, or "
+        "pass --host 0.0.0.0 explicitly if you mean it")
+
+
+def test_port_must_be_an_integer(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--port", "5000; echo pwned"])
+    assert exit_.value.code == 2
+    assert "argument --port: invalid int value" in capsys.readouterr().err
+
+
+def test_corrupt_store_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text("{}\n")
+    (tmp_path / "mlflow.db").write_bytes(b"garbage" * 200)
+    assert main(["--params", str(tmp_path / "params.yaml"), "--port", str(free_port())]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: {tmp_path}/mlflow.db: the MLflow store is corrupt")
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and all its descendants."""
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True,
+                         check=True).stdout.split()
+    children: dict[int, list[int]] = {}
+    for child, parent in zip(out[::2], out[1::2]):
+        children.setdefault(int(parent), []).append(int(child))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree
+
+
+def _rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
 @pytest.mark.slow
 def test_ui_serves_the_projects_experiment_and_run_over_rest(tmp_path):
     from mlflow.tracking import MlflowClient
@@ -81,6 +151,10 @@ def test_ui_serves_the_projects_experiment_and_run_over_rest(tmp_path):
                 assert proc.poll() is None, proc.stdout.read()
                 assert time.monotonic() < deadline, "MLflow UI did not answer within 60 s"
                 time.sleep(0.5)
+        time.sleep(3)   # let anything the server starts in the background start
+        processes = _tree(proc.pid)
+        print(f"make ui: {len(processes)} processes, {_rss_mb(processes):.0f} MB RSS")
+        assert len(processes) == 2   # the mlflow launcher and one uvicorn worker, no job runner
         experiments = _post(f"{base}/api/2.0/mlflow/experiments/search", {"max_results": 10})
         assert "stars" in {e["name"] for e in experiments["experiments"]}
         runs = _post(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment_id]})
@@ -94,4 +168,6 @@ def test_ui_serves_the_projects_experiment_and_run_over_rest(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert f"MLflow UI for sqlite:///{tmp_path}/mlflow.db at {base}" in proc.stdout.read()
+    assert (f"MLflow UI for sqlite:///{tmp_path}/mlflow.db: runs at "
+            f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            ) in proc.stdout.read()

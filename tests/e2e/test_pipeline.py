@@ -43,7 +43,7 @@ def test_repro_writes_every_stage_output(project):
 
 
 @pytest.mark.slow
-def test_each_stage_logged_one_mlflowrun(project):
+def test_each_stage_logged_one_named_mlflow_run_and_the_report_none(project):
     from mlflow.tracking import MlflowClient
 
     repo, _ = project
@@ -51,9 +51,94 @@ def test_each_stage_logged_one_mlflowrun(project):
     exp = client.get_experiment_by_name("stars")
     runs = client.search_runs([exp.experiment_id])
     stages = sorted(r.data.tags["stage"] for r in runs)
+    # The report logs into the evaluate run that produced its numbers: no run of its own.
     assert stages == ["evaluate", "finetune", "preprocess", "preprocess_target", "pretrain",
-                      "report", "synthesize", "synthesize_target", "tune"]
+                      "synthesize", "synthesize_target", "tune"]
     assert all(r.info.status == "FINISHED" for r in runs)
+    names = {r.data.tags["stage"]: r.info.run_name for r in runs}
+    assert names["tune"].startswith("tune · tune.epochs=1, tune.batch_size=8")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def _results_row(report_md: str, label: str) -> list[str]:
+    """Cells of one row of the report's results table (markdown)."""
+    (row,) = [line for line in report_md.splitlines() if line.startswith(f"| {label} |")]
+    return [c.strip() for c in row.strip("|").split("|")][1:]
+
+
+@pytest.mark.slow
+def test_an_experiments_report_shows_and_attaches_to_its_own_evaluate_run(project):
+    """`dvc exp run -S tune.epochs=3`: the report's numbers are those of the evaluate run it
+    is attached to (named in metrics/evaluate.json), and that run's linked STARS model is the
+    tuned checkpoint's encoder."""
+    import numpy as np
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.core.config import load_params
+    from pipeline.eval.features import load_encoder
+
+    repo, env = project
+    run([sys.executable, "-m", "dvc", "exp", "run", "-S", "tune.epochs=3"], repo, env)
+    evaluation = json.loads((repo / "metrics/evaluate.json").read_text())
+    provenance = evaluation["provenance"]
+    client = MlflowClient(f"sqlite:///{repo}/mlflow.db")
+    evaluate = client.get_run(provenance["mlflow_run_id"])
+    assert evaluate.info.status == "FINISHED" and evaluate.data.tags["stage"] == "evaluate"
+    assert evaluate.data.tags["dvc_exp_name"]           # the DVC experiment, as a tag
+
+    # The report in the workspace and the one attached to the run are the same document...
+    local = (repo / "reports/report.md").read_text()
+    attached = Path(client.download_artifacts(evaluate.info.run_id, "report/report.md",
+                                              str(repo / "downloaded"))).read_text()
+    assert attached == local
+    # ... and its results row shows the run's own metrics.
+    linear, knn, fewshot = _results_row(local, "STARS (ours)")[:3]
+    metrics = evaluate.data.metrics
+    assert linear == f"{100 * metrics['stars/linear_top1']:.1f}"
+    assert knn == f"{100 * metrics['stars/knn_top1_k1']:.1f}"
+    assert fewshot == f"{100 * metrics['stars/fewshot_knn_k1']:.1f}"
+
+    # The tune run that produced the checkpoint is named by what differs, and its logged
+    # model is linked to the evaluate metrics and holds exactly the checkpoint's encoder.
+    stars_id = provenance["mlflow_models"]["stars"]
+    model = client.get_logged_model(stars_id)
+    tune_run = client.get_run(model.source_run_id)
+    assert "tune.epochs=3" in tune_run.info.run_name
+    linked = {m.key: m.value for m in model.metrics}
+    assert linked["stars/linear_top1"] == metrics["stars/linear_top1"]
+    import mlflow.pytorch
+
+    mlflow.set_tracking_uri(f"sqlite:///{repo}/mlflow.db")
+    logged = mlflow.pytorch.load_model(f"models:/{stars_id}")
+    encoder = load_encoder(repo / "models/tune/last.pt", load_params(repo / "params.yaml").model)
+    x = torch.randn(3, *model_input_shape(encoder), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        np.testing.assert_array_equal(logged(x).numpy(), encoder.forward_features(x).numpy())
+
+
+def model_input_shape(encoder) -> tuple[int, int, int, int]:
+    """(M, T, V, C) of one clip for `encoder`."""
+    cfg = encoder.cfg
+    return cfg.actors, cfg.frames, cfg.joints, 3
+
+
+@pytest.mark.slow
+def test_make_register_points_champion_at_the_evaluated_encoders(project):
+    from mlflow.tracking import MlflowClient
+
+    repo, env = project
+    out = run([sys.executable, "-m", "pipeline.cli.register"], repo, env)
+    provenance = json.loads((repo / "metrics/evaluate.json").read_text())["provenance"]
+    client = MlflowClient(f"sqlite:///{repo}/mlflow.db", registry_uri=f"sqlite:///{repo}/mlflow.db")
+    for model, name in (("mamp", "mamp-encoder"), ("stars", "stars-encoder")):
+        version = client.get_model_version_by_alias(name, "champion")
+        assert version.source == f"models:/{provenance['mlflow_models'][model]}"
+        assert f"{name} version {version.version}" in out
+    again = run([sys.executable, "-m", "pipeline.cli.register"], repo, env)
+    assert "Created version" not in again   # the same models are not registered twice
+    assert [line for line in again.splitlines() if "@champion" in line] == [
+        line for line in out.splitlines() if "@champion" in line]
 
 
 @pytest.mark.slow

@@ -135,7 +135,8 @@ def write_params(root: Path, **groups: dict) -> None:
 
 
 def write_mlflow(root: Path) -> None:
-    """One run per stage through the stages' own tracking facade; the evaluate stage twice."""
+    """One run per stage through the stages' own tracking facade; the evaluate stage twice,
+    and metrics/evaluate.json names the first of the two (so "latest" would be wrong)."""
     from mlflow.tracking import MlflowClient
 
     from pipeline.core.tracking import start_run, tracking_uri
@@ -144,9 +145,16 @@ def write_mlflow(root: Path) -> None:
     # Explicit artifact root so nothing lands in the current directory.
     MlflowClient(tracking_uri(params.tracking, root)).create_experiment(
         params.tracking.experiment, artifact_location=(root / "mlruns").as_uri())
+    evaluate_runs = []
     for stage in (*STAGES, "evaluate"):
         with start_run(stage, params, root) as tracker:
             tracker.log_metrics({"loss": 1.0})
+            if stage == "evaluate":
+                evaluate_runs.append(tracker.run_id)
+    path = root / "metrics" / "evaluate.json"
+    evaluation = json.loads(path.read_text())
+    evaluation["provenance"] = {"mlflow_run_id": evaluate_runs[0]}
+    path.write_text(json.dumps(evaluation))
 
 
 def _git(root: Path, *args: str) -> None:
@@ -339,7 +347,7 @@ def test_full_run_report_fills_every_section_with_both_models(full_run):
 
 
 @pytest.mark.slow
-def test_attach_to_mlflow_logs_report_and_figures_to_the_latest_evaluate_run(full_run):
+def test_attach_to_mlflow_logs_to_the_evaluate_run_named_in_the_metrics(full_run):
     from mlflow.tracking import MlflowClient
 
     from pipeline.core.tracking import tracking_uri
@@ -347,20 +355,34 @@ def test_attach_to_mlflow_logs_report_and_figures_to_the_latest_evaluate_run(ful
     out = full_run / "reports"
     build_report(full_run, CFG, out)
     message = attach_to_mlflow(full_run, TrackingConfig(), out)
+    named = json.loads((full_run / "metrics/evaluate.json").read_text())["provenance"]
     client = MlflowClient(tracking_uri(None, full_run))
     experiment = client.get_experiment_by_name("stars")
     latest = client.search_runs([experiment.experiment_id], "tags.stage = 'evaluate'",
                                 order_by=["attributes.start_time DESC"])[0]
-    assert latest.info.run_id in message and "5 figures" in message
-    names = {a.path for a in client.list_artifacts(latest.info.run_id, "report")}
+    run_id = named["mlflow_run_id"]
+    assert run_id != latest.info.run_id
+    assert run_id in message and "5 figures" in message
+    names = {a.path for a in client.list_artifacts(run_id, "report")}
     assert {"report/report.html", "report/report.md", "report/figures"} <= names
-    assert len(client.list_artifacts(latest.info.run_id, "report/figures")) == 5
+    assert len(client.list_artifacts(run_id, "report/figures")) == 5
+    assert not client.list_artifacts(latest.info.run_id, "report")
 
 
 def test_attach_to_mlflow_says_why_when_there_is_no_store(tmp_path):
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/evaluate.json").write_text('{"provenance": {"mlflow_run_id": "abc"}}')
     message = attach_to_mlflow(tmp_path, TrackingConfig(), tmp_path / "reports")
     assert message.startswith("report not attached to MLflow: no MLflow store at")
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_attach_to_mlflow_says_why_when_evaluate_was_not_tracked(tmp_path):
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/evaluate.json").write_text('{"provenance": {"mlflow_run_id": null}}')
+    message = attach_to_mlflow(tmp_path, TrackingConfig(), tmp_path / "reports")
+    assert message == ("report not attached to MLflow: metrics/evaluate.json names no MLflow "
+                       "run (tracking was off when the evaluate stage ran)")
 
 
 # --------------------------------------------------------------------------- browser (slow)
