@@ -60,10 +60,12 @@ def test_each_stage_logged_one_named_mlflow_run_and_the_report_none(project):
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
-def _results_row(report_md: str, label: str) -> list[str]:
-    """Cells of one row of the report's results table (markdown)."""
-    (row,) = [line for line in report_md.splitlines() if line.startswith(f"| {label} |")]
-    return [c.strip() for c in row.strip("|").split("|")][1:]
+def _results_row(report_md: str, label: str) -> dict[str, str]:
+    """Cells of one row of the report's results table (markdown), by column header."""
+    lines = report_md.splitlines()
+    header = next(line for line in lines if line.startswith("| model |"))
+    (row,) = [line for line in lines if line.startswith(f"| {label} |")]
+    return dict(zip(*([c.strip() for c in line.strip("|").split("|")] for line in (header, row))))
 
 
 @pytest.mark.slow
@@ -93,7 +95,8 @@ def test_an_experiments_report_shows_and_attaches_to_its_own_evaluate_run(projec
                                               str(repo / "downloaded"))).read_text()
     assert attached == local
     # ... and its results row shows the run's own metrics.
-    linear, knn, fewshot = _results_row(local, "STARS (ours)")[:3]
+    row = _results_row(local, "STARS (ours)")
+    linear, knn, fewshot = row["linear"], row["kNN k=1"], row["few-shot (kNN k=1, novel classes)"]
     metrics = evaluate.data.metrics
     assert linear == f"{100 * metrics['stars/linear_top1']:.1f}"
     assert knn == f"{100 * metrics['stars/knn_top1_k1']:.1f}"
