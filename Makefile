@@ -66,7 +66,7 @@ exp: setup  ## run a paper preset as a DVC experiment: make exp PRESET=ntu60-xsu
 # rows, and the headline metrics of both models: kNN, linear and few-shot from
 # metrics/evaluate.json, and each fine-tuning protocol's <model>.<protocol>.top1 when
 # metrics/finetune.json exists.
-PARAM_GROUPS := data|synth|preprocess|model|pretrain|tune|eval|report|dist|tracking
+PARAM_GROUPS := data|synth|preprocess|model|pretrain|tune|eval|finetune|transfer|report|dist|tracking
 HEADLINE     := knn_top1_k1|linear_top1|fewshot_knn_k1|fewshot_5way_1shot_proto_mean|\w+\.top1
 exps: setup  ## `dvc exp show`: only the params that differ and the headline metrics
 	$(DVC) exp show --only-changed --drop '(?!($(PARAM_GROUPS))\.)' \

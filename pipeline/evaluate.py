@@ -8,9 +8,11 @@ Usage (stages/evaluate.py)::
 Per checkpoint: test-transform features of four parts of the store (base-class train and
 test splits, novel-class train and test splits), cached in `features_dir/<model>_<part>.npz`
 and reused only while checkpoint, store and model params are unchanged; then kNN (bank =
-train, queries = test), the linear probe (`eval.probe_mode`), few-shot when the store has
-novel classes (the release's kNN: bank = novel train, queries = novel test; episodes over
-all novel samples of both splits) and cluster quality of the test features.
+train, queries = test), the linear probe (`eval.probe_mode`), few-shot (the release's kNN:
+bank = novel train, queries = novel test; episodes over all novel samples of both splits)
+and cluster quality of the test features. Few-shot is never silently off: with
+`eval.fewshot: true` a store without novel classes fails before any work (params are checked
+the same way when loaded); with `false` the novel parts are skipped and the metrics say so.
 
 Model selection (`eval.select`): `last` reports the last probe epoch and the tuned
 checkpoint given; `val` the probe epoch best on a held-out part of the train features
@@ -19,9 +21,10 @@ epoch best on test and the `best.pt` picked by test kNN, the release's reporting
 metric name ends in `_testsel`, so no table or MLflow chart shows it as an honest number.
 
 Outputs: `metrics_path` = {"mamp": {...}, "stars": {...}, "delta": {stars - mamp},
-"probe_mode", "select", "chance", "provenance": {"mlflow_run_id", "mlflow_models": {model: id}}} with
-the same flat keys for both models (each model's metrics are linked to the MLflow model that
-pretrain / tune logged from its checkpoint); the wall time in `timing.json` beside it; DVC plots
+"probe_mode", "select", "chance", "fewshot": {"enabled", "reason"}, "provenance":
+{"mlflow_run_id", "mlflow_models": {model: id}}} with the same flat keys for both models (each
+model's metrics are linked to the MLflow model that pretrain / tune logged from its checkpoint);
+the wall time in `timing.json` beside it; DVC plots
 `plots_dir/<model>_{confusion,per_class,probe_curve}.csv`; the same numbers to the tracker.
 """
 
@@ -40,6 +43,7 @@ from pipeline.core.config import EvalConfig, Params, to_dict
 from pipeline.core.errors import UserError
 from pipeline.core.io import atomic_write_json, atomic_write_text, file_sha256
 from pipeline.core.stage import write_timing
+from pipeline.core.tracking import Prefixed
 from pipeline.data.checks import check_data_params
 from pipeline.data.dataset import SkeletonDataset
 from pipeline.data.store import Store
@@ -60,12 +64,36 @@ Features = tuple[np.ndarray, np.ndarray, np.ndarray]   # feats (N, D), labels, s
 TEST_SELECTED = "_testsel"   # the suffix of every metric under eval.select: test
 
 
+_NONE: Features = (np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+
+def fewshot_status(params: Params, store: Store) -> dict[str, Any]:
+    """{"enabled", "reason"}; raises UserError (before any work) when few-shot is on and the
+    store has no novel-class samples."""
+    if not params.eval.fewshot:
+        d = params.data
+        why = ("synth.novel_classes is 0" if d.source == "synthetic" and not
+               params.synth.novel_classes else
+               "data.novel_dir (the NTU-120 files of the novel classes) is not set"
+               if d.source == "ntu60" and not d.novel_dir else
+               f"data.source {d.source} holds no classes unseen in pretraining"
+               if d.source not in ("synthetic", "ntu60") else "switched off")
+        return {"enabled": False, "reason": f"eval.fewshot: off; {why}"}
+    if not len(store.select(novel=True)):
+        raise UserError(f"eval.fewshot needs novel classes: {store.dir} has none; set "
+                        f"data.novel_dir to the NTU-120 .skeleton folder (and rerun "
+                        f"preprocess), or eval.fewshot: off")
+    return {"enabled": True, "reason": f"{len(store.select(novel=True))} novel-class samples"}
+
+
 def model_features(params: Params, store: Store, ckpt: Path, name: str, features_dir: Path,
                    ) -> tuple[dict[str, Features], str]:
     """Features of every part for one checkpoint (cached), and the checkpoint's sha256."""
     ckpt_sha = file_sha256(ckpt)
     parts, encoder = {}, None
     for part, (split, novel) in PARTS.items():
+        if novel and not params.eval.fewshot:
+            continue
         rows = store.select(split=split, novel=novel)
         key = json.dumps({"checkpoint": ckpt_sha, "store": store.meta.get("fingerprint"),
                           "part": part, "model": to_dict(params.model),
@@ -107,7 +135,7 @@ def linear_probe(params: Params, store: Store, feats: dict[str, Features], ckpt:
     return probe_paper(load_encoder(ckpt, params.model), dataset, train_y, test_f, test_y, cfg,
                        ckpt_dir=probe_dir / name, config=config,
                        fingerprint=checkpoint.fingerprint(store.meta["fingerprint"], config),
-                       tracker=_Prefixed(tracker, f"{name}/probe/"),
+                       tracker=Prefixed(tracker, f"{name}/probe/"),
                        workers=cfg.loader_workers, select=select)
 
 
@@ -121,7 +149,8 @@ def protocol_metrics(feats: dict[str, Features], probe: dict[str, Any], cfg: Eva
                 "linear_mean_class_acc": probe["mean_class_acc"]})
     if cfg.select != "last":
         out["linear_epoch"] = probe["epoch"]
-    (nb_f, nb_y, _), (nq_f, nq_y, _) = feats["novel_train"], feats["novel_test"]
+    (nb_f, nb_y, _), (nq_f, nq_y, _) = feats.get("novel_train", _NONE), feats.get("novel_test",
+                                                                                  _NONE)
     if len(nb_y) and len(nq_y):
         out.update({f"fewshot_knn_k{k}": acc for k, acc in
                     release_fewshot(nb_f, nb_y, nq_f, nq_y, cfg.fewshot_knn_k, device).items()})
@@ -173,16 +202,6 @@ def write_plots(plots_dir: Path, name: str, probe: dict[str, Any], test_labels: 
     return paths
 
 
-class _Prefixed:
-    """A tracker whose metric names get a prefix (both models' probe curves share a run)."""
-
-    def __init__(self, tracker: Any, prefix: str):
-        self.tracker, self.prefix = tracker, prefix
-
-    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
-        self.tracker.log_metrics({self.prefix + k: v for k, v in metrics.items()}, step=step)
-
-
 def run_evaluate(params: Params, store_dir: str | Path, mamp_ckpt: str | Path,
                  stars_ckpt: str | Path, features_dir: str | Path, probe_dir: str | Path,
                  metrics_path: str | Path, plots_dir: str | Path,
@@ -201,6 +220,7 @@ def run_evaluate(params: Params, store_dir: str | Path, mamp_ckpt: str | Path,
                             "uses the tune stage's best checkpoint: re-run the tune stage")
     store = Store.open(store_dir)
     check_data_params(params, store, "evaluate")
+    fewshot = fewshot_status(params, store)
     tracker.log_dataset(store_dir, store.meta["dataset"], store.meta["fingerprint"], "eval")
     features_dir, probe_dir, plots_dir = Path(features_dir), Path(probe_dir), Path(plots_dir)
     probe_dir.mkdir(parents=True, exist_ok=True)   # a DVC output, empty in cached mode
@@ -214,7 +234,8 @@ def run_evaluate(params: Params, store_dir: str | Path, mamp_ckpt: str | Path,
         chance = 1.0 / len(probe["classes"])
         # The model that pretrain / tune logged from this very checkpoint, if any.
         model_ids[name] = tracker.find_model(checkpoint_sha256=ckpt_sha)
-    metrics = compare(per_model, params.eval.probe_mode, chance, params.eval.select)
+    metrics = {**compare(per_model, params.eval.probe_mode, chance, params.eval.select),
+               "fewshot": fewshot}
     # The report attaches to this run, and `make register` registers these models.
     metrics["provenance"] = {"mlflow_run_id": tracker.run_id, "mlflow_models": model_ids}
     atomic_write_json(metrics_path, metrics)

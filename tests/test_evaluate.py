@@ -4,6 +4,7 @@ metrics schema and the feature cache."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 import shutil
@@ -160,6 +161,7 @@ def test_run_evaluate_writes_metrics_plots_features_and_tracks_them(setup):
     for k in expected:
         assert metrics["delta"][k] == pytest.approx(metrics["stars"][k] - metrics["mamp"][k])
     assert metrics["probe_mode"] == "cached" and metrics["chance"] == pytest.approx(1 / 3)
+    assert metrics["fewshot"] == {"enabled": True, "reason": "24 novel-class samples"}
 
     test_rows = Store.open(store).select(split="test", novel=False)
     for model in ("mamp", "stars"):
@@ -227,3 +229,23 @@ def test_checkpoint_of_another_model_size_is_a_user_error(setup):
     bigger = parse_params({**TINY, "model": {**TINY["model"], "dim": 32}})
     with pytest.raises(UserError, match="does not match model params"):
         load_encoder(mamp, bigger.model)
+
+
+def test_fewshot_off_skips_the_novel_classes_and_says_why(setup, tmp_path):
+    _, params, store, mamp, stars = setup
+    off = dataclasses.replace(params, eval=dataclasses.replace(params.eval, fewshot=False))
+    metrics = evaluate(tmp_path, off, store, mamp, stars)
+    assert not [k for k in metrics["stars"] if k.startswith("fewshot")]
+    assert metrics["fewshot"] == {"enabled": False, "reason": "eval.fewshot: off; switched off"}
+    assert not list((tmp_path / "features").glob("*novel*"))
+
+
+def test_fewshot_on_a_store_without_novel_classes_fails_before_any_work(setup, tmp_path):
+    _, params, _, mamp, stars = setup
+    rng = np.random.default_rng(0)
+    plain = write_tiny_store(tmp_path / "store", [
+        (f"s{i}", i % 3, "train" if i < 6 else "test", rng.normal(size=(12, 2, 25, 3)))
+        for i in range(9)], NAMES[:3])
+    with pytest.raises(UserError, match=r"^eval.fewshot needs novel classes: .*store has none"):
+        evaluate(tmp_path, params, plain, mamp, stars)
+    assert not (tmp_path / "features").exists()

@@ -72,7 +72,8 @@ def test_the_readme_results_table_is_metrics_evaluate_json():
 def test_dvc_metrics_hold_results_not_timings():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     declared = {next(iter(m)) for s in stages.values() for m in s.get("metrics", [])}
-    assert declared == {"metrics/pretrain.json", "metrics/tune.json", "metrics/evaluate.json"}
+    assert declared == {"metrics/pretrain.json", "metrics/tune.json", "metrics/evaluate.json",
+                        "metrics/finetune.json"}
     assert "/metrics/timing.json" in (ROOT / ".gitignore").read_text().splitlines()
     timing = re.compile(r"wall|per_s|samples|parameters|processes|batch|tokens|epochs$")
     for stage in ("pretrain", "tune"):   # what the runners write now

@@ -109,6 +109,9 @@ class ModelConfig:
     decoder_depth: int = Field(2, ge=1)
     decoder_dim: int = Field(64, ge=8)
     decoder_heads: int = Field(4, ge=1)
+    drop_path: float = Field(0.0, ge=0, lt=1, description=(
+        "stochastic depth of the last block, rising linearly from 0 at the first; 0 (the "
+        "release's pretraining and tuning) builds no drop-path layer at all"))
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -204,12 +207,77 @@ class EvalConfig:
     fewshot_episodes: int = Field(600, ge=1)
     fewshot_queries: int = Field(15, ge=1, description="query samples per class per episode")
     fewshot_knn_k: Counts = _counts(1, 2, 5, description="k of the release's few-shot kNN")
+    fewshot: bool = Field(True, description="few-shot on the novel classes; true needs novel "
+                                            "classes (checked before any work), false says it "
+                                            "is off")
     seed: int = Field(0, ge=0)
     batch_size: int = Field(256, ge=1, description="feature extraction batch size")
     loader_workers: int = Field(0, ge=0, description="data loader processes for feature extraction")
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16 autocast for feature extraction and the paper-mode probe "
                             "(its train and test features alike; as pretrain.precision)")
+
+
+@dataclass(frozen=True, config=_STRICT)
+class FinetuneConfig:
+    """End-to-end fine-tuning of encoder + classification head (stage `finetune`), MAMP's
+    `main_finetune.py` recipe, under three protocols: `full` (the labelled train split),
+    `semi` (class-stratified `label_fractions` of it, one run per subset seed) and `transfer`
+    (the `transfer` group's target dataset). Both the MAMP and the STARS checkpoints."""
+
+    protocols: list[Literal["full", "semi", "transfer"]] = Field(
+        default_factory=lambda: ["full", "semi", "transfer"], min_length=1)
+    epochs: int = Field(4, ge=1, description="release: 100")
+    warmup_epochs: int = Field(1, ge=0, description="release: 5")
+    batch_size: int = Field(16, ge=2, description="global batch (release: 24 per GPU x 2 GPUs)")
+    lr: float = Field(1e-3, gt=0, description="release: 3e-4 at batch 48")
+    min_lr: float = Field(1e-5, ge=0, description="where the cosine ends")
+    weight_decay: float = Field(0.05, ge=0)
+    layer_decay: float = Field(0.8, gt=0, le=1, description="block i gets lr x decay^(depth - i)")
+    drop_path: float = Field(0.3, ge=0, lt=1, description="the encoder's stochastic depth here "
+                                                          "(model.drop_path for this stage only)")
+    head_dropout: float = Field(0.3, ge=0, lt=1, description="dropout on the tokens before pooling")
+    head_hidden: int = Field(256, ge=1,
+                             description="hidden width of the head's MLP (release: 2048)")
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    clip_grad: float = Field(0.0, ge=0, description="max grad norm; 0 disables (the release)")
+    label_fractions: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        default_factory=lambda: [0.05, 0.2], min_length=1,
+        description="labelled fractions of the semi protocol (release: 0.01, 0.1)")
+    seeds: list[Annotated[int, Field(ge=0)]] = _counts(
+        0, 1, description="one semi run per subset seed (release: 5 runs)")
+    seed: int = Field(0, ge=0)
+    compile: bool = False
+    loader_workers: int = Field(1, ge=0)
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16 autocast for the training step and the test scoring "
+                            "(as pretrain.precision)")
+
+
+@dataclass(frozen=True, config=_STRICT)
+class TransferConfig:
+    """The transfer protocol's target: a second data source with its own classes, raw folder,
+    store and splits (fields as in `data`). The default is a synthetic dataset written in
+    the PKU-MMD II layout by stage `synthesize_target`, sized by the `synth_*` keys."""
+
+    source: Literal["pku2", "pku1", "ntu60", "ntu120", "npz", "pyskl"] = "pku2"
+    benchmark: Literal["xsub", "xview", "xset"] = "xsub"
+    raw_dir: str = Field("data/raw/synthetic_pku", description="the target's raw folder or file")
+    pku_split_dir: str = Field("", description="folder with the PKU-MMD split files "
+                                               "(default raw_dir)")
+    processed_dir: str = "data/processed_transfer"
+    synth_classes: int = Field(12, ge=2, le=30, description="synthetic target: action classes")
+    synth_performers: int = Field(9, ge=2,
+                                  description="synthetic target: performers (videos each)")
+    synth_videos: int = Field(1, ge=1,
+                              description="synthetic target: videos per performer and view")
+    synth_seed: int = Field(1, ge=0, description="synthetic target: seed (performers, cameras)")
+
+    def as_data(self) -> DataConfig:
+        """The target as a `data` group, for the preprocess code."""
+        return DataConfig(source=self.source, benchmark=self.benchmark, raw_dir=self.raw_dir,
+                          novel_dir="", pku_split_dir=self.pku_split_dir,
+                          processed_dir=self.processed_dir)
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -251,6 +319,8 @@ class Params:
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    transfer: TransferConfig = Field(default_factory=TransferConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     dist: DistConfig = Field(default_factory=DistConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -331,14 +401,16 @@ def _cross_check(p: Params) -> None:
     if p.tune.tuned_blocks > m.depth:
         raise ConfigError(f"tune.tuned_blocks: {p.tune.tuned_blocks} is invalid: "
                           f"must be <= model.depth ({m.depth}) or -1")
-    if p.pretrain.min_lr > p.pretrain.lr:
-        raise ConfigError(f"pretrain.min_lr: {p.pretrain.min_lr} is invalid: "
-                          f"must be <= pretrain.lr ({p.pretrain.lr})")
+    for group in ("pretrain", "finetune"):
+        g = getattr(p, group)
+        if g.min_lr > g.lr:
+            raise ConfigError(f"{group}.min_lr: {g.min_lr} is invalid: "
+                              f"must be <= {group}.lr ({g.lr})")
     if p.synth.min_frames > p.synth.max_frames:
         raise ConfigError(f"synth.min_frames: {p.synth.min_frames} is invalid: "
                           f"must be <= synth.max_frames ({p.synth.max_frames})")
     world = p.dist.nproc * p.dist.nnodes
-    for group in ("pretrain", "tune"):
+    for group in ("pretrain", "tune", "finetune"):
         bs = getattr(p, group).batch_size
         if bs % world:
             raise ConfigError(f"{group}.batch_size: {bs} is invalid: must be divisible by "
@@ -346,10 +418,28 @@ def _cross_check(p: Params) -> None:
     benchmarks = {"synthetic": ("xsub", "xview"), "ntu60": ("xsub", "xview"),
                   "ntu120": ("xsub", "xset"), "pku1": ("xsub", "xview"),
                   "pku2": ("xsub", "xview")}
-    allowed = benchmarks.get(p.data.source)
-    if allowed and p.data.benchmark not in allowed:
-        raise ConfigError(f"data.benchmark: {p.data.benchmark!r} is invalid for data.source "
-                          f"{p.data.source!r}: must be one of {', '.join(allowed)}")
+    for group in ("data", "transfer"):
+        g = getattr(p, group)
+        allowed = benchmarks.get(g.source)
+        if allowed and g.benchmark not in allowed:
+            raise ConfigError(f"{group}.benchmark: {g.benchmark!r} is invalid for "
+                              f"{group}.source {g.source!r}: must be one of {', '.join(allowed)}")
+    if p.eval.fewshot:
+        _check_novel_classes(p)
+
+
+def _check_novel_classes(p: Params) -> None:
+    """Few-shot is never silently off: without novel classes it must be switched off."""
+    if p.data.source == "synthetic" and p.synth.novel_classes == 0:
+        raise ConfigError("eval.fewshot needs novel classes: set synth.novel_classes >= 1, "
+                          "or eval.fewshot: off")
+    if p.data.source == "ntu60" and not p.data.novel_dir:
+        raise ConfigError("eval.fewshot needs novel classes: set data.novel_dir to the "
+                          "NTU-120 .skeleton folder, or eval.fewshot: off")
+    if p.data.source not in ("synthetic", "ntu60"):
+        raise ConfigError(f"eval.fewshot needs novel classes, and data.source "
+                          f"{p.data.source!r} has none: use data.source ntu60 with "
+                          f"data.novel_dir, or eval.fewshot: off")
 
 
 def parse_params(raw: dict) -> Params:

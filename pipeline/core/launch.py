@@ -27,7 +27,7 @@ from pipeline.core.errors import ConfigError
 # Each distributed stage rendezvous on its own port (dist.rdzv_endpoint's port + index): a
 # worker that starts the next stage early then waits for node 0 to open it, instead of joining
 # the store of the stage node 0 is still finishing.
-DISTRIBUTED_STAGES = ("pretrain", "tune")
+DISTRIBUTED_STAGES = ("pretrain", "tune", "finetune")   # append only: ports are by index
 
 
 def under_torchrun() -> bool:

@@ -290,6 +290,24 @@ class MlflowTracker:
         return found[0].model_id if found else None
 
 
+class Prefixed:
+    """A tracker whose metric names get a prefix, for several models or runs in one stage's
+    run (e.g. `mamp/probe/loss`); everything else goes to the wrapped tracker unchanged."""
+
+    def __init__(self, tracker: Tracker, prefix: str) -> None:
+        self.tracker, self.prefix = tracker, prefix
+        self.run_id = getattr(tracker, "run_id", None)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self.tracker.log_params(params)
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        self.tracker.log_metrics({self.prefix + k: v for k, v in metrics.items()}, step=step)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.tracker.log_artifact(path, artifact_path)
+
+
 def repo_root(start: str | Path | None = None) -> Path:
     """The repository the results belong to: DVC_ROOT (set by DVC, also for --temp/--queue
     runs), else the nearest parent holding `dvc.yaml`, else the current directory."""

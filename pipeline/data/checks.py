@@ -67,7 +67,7 @@ def check_data_params(params: Params, store: Store,
             limits.append(("eval.probe_batch_size", cfg.probe_batch_size, base_train,
                            "base-class training samples (one batch must fit)"))
         novel_train = len(store.select(split="train", novel=True))
-        if novel_train and len(store.select(split="test", novel=True)):
+        if cfg.fewshot and novel_train and len(store.select(split="test", novel=True)):
             limits.append(("eval.fewshot_knn_k", max(cfg.fewshot_knn_k), novel_train,
                            "samples in the few-shot kNN bank (novel-class train split)"))
     for key, value, most, what in limits:
@@ -77,7 +77,7 @@ def check_data_params(params: Params, store: Store,
                               f"{what}; {fix}")
     if stage == "evaluate":
         labels = store.index["label"].to_numpy()[store.select(novel=True)]
-        if len(labels):
+        if len(labels) and params.eval.fewshot:
             for n_way in params.eval.fewshot_ways:
                 check_episodes(labels, n_way, max(params.eval.fewshot_shots),
                                params.eval.fewshot_queries)

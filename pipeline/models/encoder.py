@@ -64,19 +64,37 @@ class MLP(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-class Block(nn.Module):
-    """Pre-LN transformer block (the release has no dropout or drop-path at these settings)."""
+class DropPath(nn.Module):
+    """Stochastic depth (timm): in training, zero a residual branch for a random `p` of the
+    samples and scale the kept ones by 1 / (1 - p); the identity in eval mode."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)  # (B, 1, 1)
+        return x * mask / keep
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block; `drop_path` > 0 adds stochastic depth to both residual
+    branches (fine-tuning), 0 leaves a plain identity there, as the release does."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        x = x + self.mlp(self.norm2(x))
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x
 
 
@@ -107,7 +125,10 @@ class Encoder(nn.Module):
         self.num_tokens = self.grid_t * self.grid_v                 # L
         D = cfg.dim
         self.joints_embed = SkeletonEmbed(D, cfg.t_patch)
-        self.blocks = nn.ModuleList(Block(D, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        # stochastic depth rises linearly over the blocks, 0 at the first (the release's rule)
+        rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
+        self.blocks = nn.ModuleList(Block(D, cfg.heads, cfg.mlp_ratio, rates[i])
+                                    for i in range(cfg.depth))
         self.norm = nn.LayerNorm(D)
         self.temp_embed = nn.Parameter(torch.zeros(1, self.grid_t, 1, D))   # one per time step
         self.pos_embed = nn.Parameter(torch.zeros(1, 1, self.grid_v, D))    # one per joint

@@ -23,7 +23,7 @@ import pandas as pd
 from pipeline.core.config import Params, ReportConfig, TrackingConfig, load_params
 from pipeline.core.io import atomic_dir, atomic_write_text
 from pipeline.report import figures
-from pipeline.report.published import benchmark_name, published
+from pipeline.report.published import benchmark_name, published, sources
 from pipeline.report.render import (
     DASH,
     Block,
@@ -51,11 +51,6 @@ from pipeline.report.sources import (
 MODELS = ("mamp", "stars")
 MODEL_NAMES = {"mamp": "MAMP", "stars": "STARS"}
 
-# Results columns: (header, our flat metric key, published key). Few-shot follows the
-# release's protocol (kNN k=1 over a labelled bank of novel classes, DESIGN.md section 4).
-RESULT_COLUMNS = (("linear", "linear_top1", "linear"),
-                  ("kNN k=1", "knn_top1_k1", "knn_k1"),
-                  ("few-shot (kNN k=1, novel classes)", "fewshot_knn_k1", "fewshot"))
 EPISODIC = ("fewshot_5way_1shot_proto_mean", "fewshot_5way_1shot_proto_ci95")
 # Metrics shown per DVC experiment, read from metrics/evaluate.json.
 EXPERIMENT_METRICS = ("linear_top1", "knn_top1_k1", "fewshot_knn_k1")
@@ -80,6 +75,7 @@ class Context:
     cfg: ReportConfig
     meta: dict | None          # store meta.json, None when there is no store yet
     evaluation: dict | None    # metrics/evaluate.json
+    finetune: dict | None      # metrics/finetune.json
 
 
 def _not_available(why: object) -> Text:
@@ -104,34 +100,75 @@ def _class_names(ctx: Context, n: int) -> list[str]:
 # --------------------------------------------------------------------------- sections
 
 
+Cell = tuple[float | None, str]   # (value in %, for the delta row; what the table shows)
+
+
+def _pct(value: object) -> Cell:
+    v = None if value is None else PERCENT * float(value)
+    return v, _fmt(v)
+
+
+def _result_columns(ctx: Context) -> list[tuple[str, Callable[[str], Cell], str]]:
+    """The paper's table: (header, our cell of a model, published key) per protocol."""
+    ev, ft = ctx.evaluation or {}, ctx.finetune or {}
+    fewshot_on = ev.get("fewshot", {}).get("enabled", True)
+    sel = "_testsel" if ev.get("select") == "test" else ""   # evaluate.py's key suffix
+
+    def evaluated(key: str) -> Callable[[str], Cell]:
+        return lambda m: _pct(ev.get(m, {}).get(key + sel))
+
+    def finetuned(protocol: str) -> Callable[[str], Cell]:
+        return lambda m: _pct(ft.get(m, {}).get(protocol, {}).get("top1"))
+
+    def semi(fraction: str) -> Callable[[str], Cell]:
+        def cell(m: str) -> Cell:
+            runs = ft.get(m, {}).get("semi", {}).get(fraction)
+            if runs is None:
+                return None, DASH
+            mean, std = PERCENT * runs["top1_mean"], PERCENT * runs["top1_std"]
+            return mean, f"{mean:.1f} ± {std:.1f}"
+        return cell
+
+    def fewshot(key: str, ci: str | None = None) -> Callable[[str], Cell]:
+        def cell(m: str) -> Cell:
+            if not fewshot_on:
+                return None, "off"
+            value, text = _pct(ev.get(m, {}).get(key + sel))
+            if ci is not None and value is not None:
+                text = f"{text} ± {_fmt(_pct(ev[m].get(ci + sel))[0])}"
+            return value, text
+        return cell
+
+    fractions = ft.get("label_fractions", ctx.params.finetune.label_fractions)
+    return [("linear", evaluated("linear_top1"), "linear"),
+            ("kNN k=1", evaluated("knn_top1_k1"), "knn_k1"),
+            ("fine-tune", finetuned("full"), "finetune"),
+            *((f"semi {100 * f:g}%", semi(f"{f:g}"), f"semi_{f:g}") for f in fractions),
+            ("transfer", finetuned("transfer"), "transfer"),
+            ("few-shot (kNN k=1, novel classes)", fewshot("fewshot_knn_k1"), "fewshot"),
+            ("5-way 1-shot (episodic, ±95% CI)", fewshot(*EPISODIC), "")]
+
+
 def _results(ctx: Context) -> list[Block]:
-    if ctx.evaluation is None:
-        raise Unavailable("metrics/evaluate.json not found (run the evaluate stage)")
-    ev = ctx.evaluation
-    test_selected = ev.get("select") == "test"   # evaluate.py then names every key *_testsel
-
-    def ours(model: str, key: str) -> float | None:
-        value = ev.get(model, {}).get(key + ("_testsel" if test_selected else ""))
-        return None if value is None else PERCENT * float(value)
-
-    def delta(key: str) -> str:
-        a, b = ours("mamp", key), ours("stars", key)
-        return _fmt(None if a is None or b is None else b - a, signed=True)
-
-    def episodic(model: str) -> str:
-        mean, ci = ours(model, EPISODIC[0]), ours(model, EPISODIC[1])
-        return DASH if mean is None else f"{mean:.1f} ± {_fmt(ci)}"
-
+    if ctx.evaluation is None and ctx.finetune is None:
+        raise Unavailable("metrics/evaluate.json not found, nor metrics/finetune.json (run "
+                          "the evaluate and finetune stages)")
+    ev, ft = ctx.evaluation or {}, ctx.finetune or {}
+    columns = _result_columns(ctx)
     source, bench = ctx.params.data.source, ctx.params.data.benchmark
     paper = published(source, bench)
-    rows = [[f"{MODEL_NAMES[m]} (ours)", *(_fmt(ours(m, key)) for _, key, _ in RESULT_COLUMNS),
-             episodic(m)] for m in MODELS]
-    rows.append(["delta (STARS − MAMP)", *(delta(key) for _, key, _ in RESULT_COLUMNS),
-                 delta(EPISODIC[0])])
-    rows += [[label, *(_fmt(cells.get(pub)) for _, _, pub in RESULT_COLUMNS), DASH]
-             for label, cells in paper.items()]
-    df = pd.DataFrame(rows, columns=["model", *(h for h, _, _ in RESULT_COLUMNS),
-                                     "5-way 1-shot (episodic, ±95% CI)"])
+    cells = {m: [get(m) for _, get, _ in columns] for m in MODELS}
+    rows = []
+    for m in MODELS:
+        rows.append([f"{MODEL_NAMES[m]} (ours)", *(text for _, text in cells[m])])
+        label = f"{MODEL_NAMES[m]} (paper)"
+        if label in paper:
+            rows.append([label, *(_fmt(paper[label].get(pub)) if pub else DASH
+                                  for _, _, pub in columns)])
+    rows.append(["delta (STARS − MAMP)", *(
+        _fmt(None if a is None or b is None else b - a, signed=True)
+        for (a, _), (b, _) in zip(cells["mamp"], cells["stars"]))])
+    df = pd.DataFrame(rows, columns=["model", *(h for h, _, _ in columns)])
 
     probe = {"cached": "the linear probe is fitted on cached centre-crop features (fast "
                        "protocol, not the paper's 100-epoch augmented probe)",
@@ -148,6 +185,28 @@ def _results(ctx: Context) -> list[Block]:
               f"{probe.get(mode, f'probe mode {mode!r}')}.")]
     if ev.get("chance") is not None:
         notes.append(f"Chance level: {PERCENT * float(ev['chance']):.1f}%.")
+    if ctx.evaluation is None:
+        notes.append("Linear, kNN and few-shot are empty: metrics/evaluate.json not found.")
+    if ctx.finetune is None:
+        notes.append("Fine-tune, semi and transfer are empty: metrics/finetune.json not found "
+                     "(run the finetune stage).")
+    else:
+        notes.append(f"Fine-tune: encoder and head trained end to end for {ft.get('epochs')} "
+                     f"epochs on the labelled train split; semi: on a class-stratified "
+                     f"fraction of it, mean ± std over {len(ft.get('seeds', []))} subset "
+                     f"seeds.")
+        target = ft.get("transfer_target")
+        if target:
+            notes.append(f"Transfer: fine-tuned on {_target_name(target)} "
+                         f"({target['classes']} classes, chance "
+                         f"{PERCENT * ft['chance']['transfer']:.1f}%) from the encoders "
+                         f"trained on {name}.")
+        missing = [p for p in ("full", "semi", "transfer") if p not in ft.get("protocols", [])]
+        if missing:
+            notes.append(f"Not run (finetune.protocols): {', '.join(missing)}.")
+    status = ev.get("fewshot", {})
+    if status and not status.get("enabled", True):
+        notes.append(f"Few-shot was off: {status.get('reason', 'eval.fewshot: off')}.")
     if source == "synthetic":
         notes.append("No published numbers exist for the synthetic dataset; ours only.")
     elif source in ("npz", "pyskl"):
@@ -155,7 +214,17 @@ def _results(ctx: Context) -> list[Block]:
                      "published numbers are shown (see DESIGN.md section 5).")
     elif not paper:
         notes.append(f"No published numbers exist for {name}; ours only.")
+    else:
+        notes.append("Published numbers: " + "; ".join(sources(source, bench)) + ". An empty "
+                     "cell: no published number we could check.")
     return [Table(df, " ".join(notes))]
+
+
+def _target_name(target: dict) -> str:
+    name = benchmark_name(target["source"], target["benchmark"])
+    if "synthetic" in target.get("raw_dir", ""):   # written by stage synthesize_target
+        return f"the synthetic target in the {name} layout"
+    return name
 
 
 def _param(value: object) -> str:
@@ -172,21 +241,24 @@ def _experiments(ctx: Context) -> list[Block]:
     with_params = df[all_params].notna().any(axis=1)
     params = [c for c in all_params
               if df.loc[with_params, c].map(_param).nunique() > 1]
-    metrics = [f"metrics.evaluate.{m}.{k}" for k in EXPERIMENT_METRICS for m in MODELS
-               if f"metrics.evaluate.{m}.{k}" in df.columns]
+    metrics = [c for c in (*(f"metrics.evaluate.{m}.{k}" for k in EXPERIMENT_METRICS
+                             for m in MODELS),
+                           *(f"metrics.finetune.{m}.full.top1" for m in MODELS))
+               if c in df.columns]
     table = df[["experiment", "rev", *params, *metrics]].copy()
     for c in params:
         table[c] = table[c].map(_param)
     for c in metrics:
         table[c] = [_fmt(None if pd.isna(v) else PERCENT * float(v)) for v in table[c]]
     table.columns = [c.removeprefix("params.").removeprefix("metrics.evaluate.")
-                     for c in table.columns]
+                     .removeprefix("metrics.") for c in table.columns]
     blocks: list[Block] = [Text(f"{len(df)} rows from `dvc exp show` (workspace, baseline "
                                 "commits and their experiments).")]
     if not params:
         blocks.append(Text("All listed experiments share the same parameters."))
     if not metrics:
-        blocks.append(Text("No evaluate metrics are recorded for these experiments yet."))
+        blocks.append(Text("No evaluate or finetune metrics are recorded for these "
+                           "experiments yet."))
     shown = [what for what, cols in (("parameters that differ between experiments", params),
                                      ("top-1 accuracy (%) of each model", metrics)) if cols]
     blocks.append(Table(table, " and ".join(shown).capitalize() + "." if shown else ""))
@@ -352,7 +424,7 @@ SECTIONS: tuple[tuple[str, str, Callable[[Context], list[Block]]], ...] = (
 def build_sections(root: Path, cfg: ReportConfig) -> list[Section]:
     """Every section, each either filled or saying why its source is not available."""
     params = load_params(root / "params.yaml")
-    meta = evaluation = None
+    meta = evaluation = finetune = None
     try:
         meta = read_json(root / params.data.processed_dir / "meta.json")
     except Unavailable:
@@ -361,7 +433,12 @@ def build_sections(root: Path, cfg: ReportConfig) -> list[Section]:
         evaluation = read_json(root / "metrics" / "evaluate.json")
     except Unavailable:
         pass
-    ctx = Context(root=root, params=params, cfg=cfg, meta=meta, evaluation=evaluation)
+    try:
+        finetune = read_json(root / "metrics" / "finetune.json")
+    except Unavailable:
+        pass
+    ctx = Context(root=root, params=params, cfg=cfg, meta=meta, evaluation=evaluation,
+                  finetune=finetune)
     sections = []
     for anchor, title, builder in SECTIONS:
         try:

@@ -4,6 +4,7 @@ Usage::
 
     groups = decay_groups(mamp, 0.05, params.pretrain.decay_exempt)   # pretraining
     groups = tuning_param_groups(stars, params.tune, params.model.depth)  # freezes the rest
+    groups = layer_decay_groups(classifier, depth, 0.8, 0.05)         # fine-tuning: all layers
     fit(model, step_fn, groups, ...)                                # pipeline.training.loop
 """
 
@@ -52,37 +53,50 @@ def layer_of(name: str, depth: int) -> int:
     return 0
 
 
+def layer_decay_groups(model: nn.Module, depth: int, layer_decay: float, weight_decay: float,
+                       first_layer: int = 0, exempt: str = "bias_norm") -> list[dict]:
+    """AdamW groups with layer-wise lr decay (BEiT/MAE `param_groups_lrd`) over the layers
+    `first_layer`..depth + 1 (`layer_of`); parameters of lower layers are frozen
+    (requires_grad False), so no gradient is computed for them. A parameter of layer l gets
+    lr_scale layer_decay ** (depth + 1 - l); no weight decay on the tensors `exempt` names
+    (`decay_exempt`). Each group carries `lr_scale` (which
+    `pipeline.training.loop.fit` multiplies by the scheduled lr), `layer`, `head` and `names`.
+    """
+    groups: dict[tuple[int, bool, bool], dict] = {}
+    for name, p in model.named_parameters():
+        layer = layer_of(name, depth)
+        p.requires_grad_(layer >= first_layer)
+        if layer < first_layer:
+            continue
+        is_head = name.startswith("head.")
+        skip_decay = decay_exempt(name, p, exempt)
+        key = (layer, is_head, skip_decay)
+        if key not in groups:
+            groups[key] = {"params": [], "names": [], "layer": layer, "head": is_head,
+                           "lr_scale": layer_decay ** (depth + 1 - layer),
+                           "weight_decay": 0.0 if skip_decay else weight_decay}
+        groups[key]["params"].append(p)
+        groups[key]["names"].append(name)
+    return [groups[k] for k in sorted(groups)]
+
+
 def tuning_param_groups(model: nn.Module, cfg: TuneConfig, depth: int) -> list[dict]:
     """Freeze all but the tuned part of `model` and return AdamW parameter groups.
 
     Tuned: the top `cfg.tuned_blocks` blocks (-1: blocks depth/2 .. depth-1, the paper's
     "second half"), the final norm and the head; `cfg.full` tunes every block and the
-    embeddings. The rest gets requires_grad False, so no gradient is computed for it (the
-    release meant to do this but wrote `required_grad`). Block i gets lr
-    cfg.lr * cfg.layer_decay ** (depth - i); norm and head cfg.lr; weight decay
-    cfg.weight_decay except on the tensors `cfg.decay_exempt` names. Each group carries `lr_scale` (its lr / cfg.lr, which
-    `pipeline.training.loop.fit` multiplies by the scheduled lr), `layer`, `head` and `names`.
+    embeddings. The rest gets requires_grad False (the release meant to do this but wrote
+    `required_grad`). Block i gets lr cfg.lr * cfg.layer_decay ** (depth - i); norm and head
+    cfg.lr; weight decay cfg.weight_decay except on the tensors `cfg.decay_exempt` names
+    (`layer_decay_groups`; each group's `lr` is its initial value).
     """
     n_tuned = depth if cfg.full else (depth // 2 if cfg.tuned_blocks < 0 else cfg.tuned_blocks)
-    first = depth - n_tuned
-    groups: dict[tuple[int, bool, bool], dict] = {}
-    for name, p in model.named_parameters():
-        layer = layer_of(name, depth)
-        tuned = cfg.full or layer > first
-        p.requires_grad_(tuned)
-        if not tuned:
-            continue
-        is_head = name.startswith("head.")
-        no_decay = decay_exempt(name, p, cfg.decay_exempt)
-        key = (layer, is_head, no_decay)
-        if key not in groups:
-            scale = cfg.layer_decay ** (depth + 1 - layer)
-            groups[key] = {"params": [], "names": [], "layer": layer, "head": is_head,
-                           "lr_scale": scale, "lr": cfg.lr * scale,
-                           "weight_decay": 0.0 if no_decay else cfg.weight_decay}
-        groups[key]["params"].append(p)
-        groups[key]["names"].append(name)
-    return [groups[k] for k in sorted(groups)]
+    first = 0 if cfg.full else depth - n_tuned + 1
+    groups = layer_decay_groups(model, depth, cfg.layer_decay, cfg.weight_decay, first,
+                                exempt=cfg.decay_exempt)
+    for g in groups:
+        g["lr"] = cfg.lr * g["lr_scale"]
+    return groups
 
 
 def set_head_only(groups: list[dict], head_only: bool) -> None:

@@ -13,10 +13,11 @@ BASE = yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
 MERGED = ["ntu60-xsub", "ntu60-xview", "ntu120-xsub", "ntu120-xset", "pku2-xsub"]
+PRESETS = [*MERGED, "transfer-ntu60-pku2", "transfer-ntu120-pku2"]
 
 
 def test_every_paper_benchmark_has_a_single_and_a_two_stage_preset():
-    assert set(available()) == {*MERGED, *(f"{m}-twostage" for m in MERGED)}
+    assert set(available()) == {*PRESETS, *(f"{m}-twostage" for m in MERGED)}
 
 
 @pytest.mark.parametrize("name", MERGED)
@@ -46,3 +47,26 @@ def test_preset_is_paper_size_and_valid(name):
 def test_unknown_preset_lists_the_available_ones():
     with pytest.raises(ConfigError, match="available: ntu120-xset"):
         load_preset("ntu61-xsub", BASE)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_fine_tunes_with_the_release_recipe(name):
+    over = load_preset(name, BASE)
+    assert (over["finetune.epochs"], over["finetune.warmup_epochs"]) == (100, 5)
+    assert (over["finetune.batch_size"], over["finetune.lr"], over["finetune.min_lr"]) == \
+        (48, 3e-4, 1e-5)
+    assert (over["finetune.layer_decay"], over["finetune.drop_path"],
+            over["finetune.label_smoothing"], over["finetune.head_hidden"]) == (0.8, 0.3, 0.1, 2048)
+    assert over["finetune.label_fractions"] == [0.01, 0.1]
+    assert len(over["finetune.seeds"]) == 5
+    if name.startswith("transfer-"):
+        assert over["finetune.protocols"] == ["transfer"]
+        assert (over["transfer.source"], over["transfer.benchmark"]) == ("pku2", "xsub")
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_says_whether_fewshot_runs(name):
+    """Either few-shot is on with the NTU-120 novel classes, or the preset switches it off."""
+    over = load_preset(name, BASE)
+    assert over.get("data.novel_dir") or over.get("eval.fewshot") is False
+    assert ("data.novel_dir" in over) == (name == "ntu60-xsub")

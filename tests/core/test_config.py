@@ -1,6 +1,7 @@
 """params.yaml validation: every bad value fails before any work, naming key, value and fix."""
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,39 @@ def test_config_is_frozen():
     params = parse_params({})
     with pytest.raises(dataclasses.FrozenInstanceError):
         params.tune.epochs = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("data, synth, message", [
+    ({"source": "ntu60"}, {}, ("eval.fewshot needs novel classes: set data.novel_dir to the "
+                               "NTU-120 .skeleton folder, or eval.fewshot: off")),
+    ({"source": "ntu120", "benchmark": "xset"}, {},
+     "eval.fewshot needs novel classes, and data.source 'ntu120' has none"),
+    ({"source": "pku2"}, {}, "eval.fewshot needs novel classes, and data.source 'pku2'"),
+    ({}, {"novel_classes": 0}, "eval.fewshot needs novel classes: set synth.novel_classes"),
+])
+def test_fewshot_without_novel_classes_fails_before_any_work(data, synth, message):
+    with pytest.raises(ConfigError) as exc:
+        parse_params({"data": data, "synth": synth})
+    assert str(exc.value).startswith(message) and "\n" not in str(exc.value)
+    # switched off on purpose, or given the novel classes, it runs
+    parse_params({"data": data, "synth": synth, "eval": {"fewshot": False}})
+    if data.get("source") == "ntu60":
+        parse_params({"data": {**data, "novel_dir": "data/raw/ntu120"}})
+
+
+def test_yaml_off_switches_fewshot_off(tmp_path):
+    (tmp_path / "params.yaml").write_text("data: {source: ntu120}\neval: {fewshot: off}\n")
+    assert load_params(tmp_path / "params.yaml").eval.fewshot is False
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"finetune": {"min_lr": 0.1}}, "finetune.min_lr: 0.1 is invalid: must be <= finetune.lr"),
+    ({"finetune": {"protocols": ["full", "linear"]}}, "finetune.protocols[1]: 'linear'"),
+    ({"finetune": {"label_fractions": [0.0]}}, "finetune.label_fractions[0]: 0.0 is invalid"),
+    ({"finetune": {"batch_size": 15}, "dist": {"nproc": 2}}, "finetune.batch_size: 15"),
+    ({"transfer": {"source": "pku2", "benchmark": "xset"}}, "transfer.benchmark: 'xset'"),
+    ({"model": {"drop_path": 1.0}}, "model.drop_path: 1.0 is invalid"),
+])
+def test_finetune_and_transfer_keys_are_checked(raw, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_params(raw)

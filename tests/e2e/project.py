@@ -20,6 +20,9 @@ TINY = {
     "tune": {"epochs": 1, "batch_size": 8, "queue_size": 64, "predictor_dim": 32,
              "loader_workers": 0, "val_fraction": 0.2},
     "eval": {"probe_epochs": 3, "fewshot_episodes": 20, "fewshot_queries": 2, "batch_size": 32},
+    "finetune": {"epochs": 1, "batch_size": 8, "head_hidden": 16, "loader_workers": 0,
+                 "label_fractions": [0.5, 1.0], "seeds": [0, 1]},
+    "transfer": {"synth_classes": 3, "synth_performers": 3},
     "report": {"tsne_per_class": 3, "stick_samples": 2},
 }
 DVC = [sys.executable, "-m", "dvc"]

@@ -1,7 +1,7 @@
 """The whole DVC pipeline on a tiny synthetic configuration: real DVC, real MLflow, real torch.
 
 Runs `dvc repro` in a fresh git+DVC copy of the project, then `dvc exp run -S tune.epochs=2`
-and checks that only tune and what depends on it re-ran.
+and checks that only tune and what depends on it (evaluate, finetune, report) re-ran.
 """
 
 import json
@@ -26,12 +26,20 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
 def test_repro_writes_every_stage_output(project):
     repo, _ = project
     for path in ("metrics/preprocess.json", "metrics/pretrain.json", "metrics/tune.json",
-                 "metrics/evaluate.json", "models/pretrain/last.pt", "models/tune/last.pt",
+                 "metrics/evaluate.json", "metrics/finetune.json", "metrics/preprocess_target.json",
+                 "models/pretrain/last.pt", "models/tune/last.pt",
+                 "models/finetune/stars/transfer/last.pt",
                  "reports/report.html", "reports/report.md", "plots/tune/curves.csv"):
         assert (repo / path).is_file(), path
     ev = json.loads((repo / "metrics/evaluate.json").read_text())
     assert set(ev["mamp"]) == set(ev["stars"])
     assert set(ev["delta"]) <= set(ev["mamp"])
+    ft = json.loads((repo / "metrics/finetune.json").read_text())
+    for model in ("mamp", "stars"):
+        assert set(ft[model]) == {"full", "semi", "transfer"}
+        assert set(ft[model]["semi"]) == {"0.5", "1"}
+        assert set(ft[model]["semi"]["0.5"]["runs"]) == {"seed0", "seed1"}
+    assert ft["transfer_target"]["classes"] == 3       # read through the PKU-MMD reader
 
 
 @pytest.mark.slow
@@ -44,17 +52,20 @@ def test_each_stage_logged_one_named_mlflow_run_and_the_report_none(project):
     runs = client.search_runs([exp.experiment_id])
     stages = sorted(r.data.tags["stage"] for r in runs)
     # The report logs into the evaluate run that produced its numbers: no run of its own.
-    assert stages == ["evaluate", "preprocess", "pretrain", "synthesize", "tune"]
+    assert stages == ["evaluate", "finetune", "preprocess", "preprocess_target", "pretrain",
+                      "synthesize", "synthesize_target", "tune"]
     assert all(r.info.status == "FINISHED" for r in runs)
     names = {r.data.tags["stage"]: r.info.run_name for r in runs}
     assert names["tune"].startswith("tune · tune.epochs=1, tune.batch_size=8")
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
-def _results_row(report_md: str, label: str) -> list[str]:
-    """Cells of one row of the report's results table (markdown)."""
-    (row,) = [line for line in report_md.splitlines() if line.startswith(f"| {label} |")]
-    return [c.strip() for c in row.strip("|").split("|")][1:]
+def _results_row(report_md: str, label: str) -> dict[str, str]:
+    """Cells of one row of the report's results table (markdown), by column header."""
+    lines = report_md.splitlines()
+    header = next(line for line in lines if line.startswith("| model |"))
+    (row,) = [line for line in lines if line.startswith(f"| {label} |")]
+    return dict(zip(*([c.strip() for c in line.strip("|").split("|")] for line in (header, row))))
 
 
 @pytest.mark.slow
@@ -84,7 +95,8 @@ def test_an_experiments_report_shows_and_attaches_to_its_own_evaluate_run(projec
                                               str(repo / "downloaded"))).read_text()
     assert attached == local
     # ... and its results row shows the run's own metrics.
-    linear, knn, fewshot = _results_row(local, "STARS (ours)")[:3]
+    row = _results_row(local, "STARS (ours)")
+    linear, knn, fewshot = row["linear"], row["kNN k=1"], row["few-shot (kNN k=1, novel classes)"]
     metrics = evaluate.data.metrics
     assert linear == f"{100 * metrics['stars/linear_top1']:.1f}"
     assert knn == f"{100 * metrics['stars/knn_top1_k1']:.1f}"
@@ -137,7 +149,7 @@ def test_exp_run_with_new_tune_epochs_reruns_only_tune_and_downstream(project):
     repo, env = project
     out = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "tune.epochs=2"], repo, env)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"inputs", "tune", "evaluate", "report"}   # inputs always runs (a stat walk)
+    assert ran == {"inputs", "tune", "evaluate", "finetune", "report"}   # inputs always runs
     tune = json.loads((repo / "metrics/tune.json").read_text())
     assert len(tune["val_knn_curve"]) == 2
     assert json.loads((repo / "metrics/timing.json").read_text())["tune"]["epochs"] == 2
@@ -147,12 +159,17 @@ def test_exp_run_with_new_tune_epochs_reruns_only_tune_and_downstream(project):
 
 @pytest.mark.slow
 def test_two_process_stages_reproduce_the_one_process_pretraining_curve(project):
-    """`dist.nproc=2` relaunches pretrain and tune under torchrun (gloo); the global batch is
-    unchanged, so the pretraining loss curve matches the 1-process run (rtol 1e-4)."""
+    """`dist.nproc=2` relaunches pretrain, tune and finetune under torchrun (gloo); the global
+    batch is unchanged, so the pretraining loss curve matches the 1-process run (rtol 1e-4),
+    and fine-tuning draws the same labelled subsets."""
     import pandas as pd
+
+    from pipeline.training import checkpoint
 
     repo, env = project
     one = pd.read_csv(repo / "plots/pretrain/loss.csv")
+    subset = repo / "models/finetune/stars/semi_0.5_seed1/last.pt"
+    rows_one = checkpoint.load(subset)["config"]["rows"]
     for stage in ("pretrain", "tune"):  # persisted checkpoints would otherwise be resumed
         shutil.rmtree(repo / "models" / stage)
     out = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "dist.nproc=2"], repo, env)
@@ -160,5 +177,8 @@ def test_two_process_stages_reproduce_the_one_process_pretraining_curve(project)
     two = pd.read_csv(repo / "plots/pretrain/loss.csv")
     timing = json.loads((repo / "metrics/timing.json").read_text())
     assert timing["pretrain"]["processes"] == 2 and timing["tune"]["processes"] == 2
+    assert timing["finetune"]["processes"] == 2
+    # the semi-supervised subset does not depend on the number of processes
+    assert checkpoint.load(subset)["config"]["rows"] == rows_one
     assert list(two["epoch"]) == list(one["epoch"])
     assert two["loss"].to_numpy() == pytest.approx(one["loss"].to_numpy(), rel=1e-4)

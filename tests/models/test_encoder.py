@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
+from torch import nn
 
 from pipeline.core.config import ModelConfig
-from pipeline.models.encoder import Attention, Encoder
+from pipeline.models.encoder import Attention, DropPath, Encoder
 
 TINY = ModelConfig(depth=2, dim=16, heads=2, frames=8, t_patch=4, joints=5,
                    decoder_depth=1, decoder_dim=16, decoder_heads=2)
@@ -106,3 +109,40 @@ def test_blocks_are_exposed_for_partial_tuning():
     enc(torch.randn(2, 2, 8, 5, 3)).sum().backward()
     assert enc.blocks[0].attn.qkv.weight.grad is None
     assert enc.blocks[1].attn.qkv.weight.grad is not None
+
+
+def test_drop_path_off_is_the_plain_residual_block_bit_for_bit():
+    """model.drop_path 0 (the default) builds no drop-path layer: the forward pass, even in
+    train mode, is exactly x + attn(norm1(x)), then + mlp(norm2(.)), as before it existed."""
+    torch.manual_seed(0)
+    enc = Encoder(TINY).train()
+    assert all(isinstance(b.drop_path, nn.Identity) for b in enc.blocks)
+    x = torch.randn(3, 2, 8, 5, 3)
+    h = enc.embed(x).reshape(6, -1, 16)
+    for b in enc.blocks:
+        h = h + b.attn(b.norm1(h))
+        h = h + b.mlp(b.norm2(h))
+    assert torch.equal(enc.forward_tokens(x), enc.norm(h))
+
+
+def test_drop_path_draws_the_same_weights_and_only_acts_in_training():
+    torch.manual_seed(0)
+    same = Encoder(dataclasses.replace(TINY, depth=3))
+    torch.manual_seed(0)
+    dropping = Encoder(dataclasses.replace(TINY, depth=3, drop_path=0.3))
+    assert same.state_dict().keys() == dropping.state_dict().keys()
+    assert all(torch.equal(v, dropping.state_dict()[k]) for k, v in same.state_dict().items())
+    # rates rise linearly over the blocks from 0, as in the release
+    assert isinstance(dropping.blocks[0].drop_path, nn.Identity)
+    assert [b.drop_path.p for b in dropping.blocks[1:]] == pytest.approx([0.15, 0.3])
+    x = torch.randn(64, 2, 8, 5, 3)
+    assert torch.equal(dropping.eval()(x), same.eval()(x))
+    assert not torch.equal(dropping.train()(x), same.train()(x))
+    # per sequence: the branch is zeroed with probability p, else scaled by 1 / (1 - p)
+    branch = torch.ones(4000, 7, 16)
+    torch.manual_seed(1)
+    out = DropPath(0.3).train()(branch)
+    kept = out[:, 0, 0] > 0
+    assert torch.equal(out[kept], torch.full_like(out[kept], 1 / 0.7))
+    assert torch.equal(out[~kept], torch.zeros_like(out[~kept]))
+    assert float(kept.float().mean()) == pytest.approx(0.7, abs=0.03)

@@ -79,9 +79,23 @@ def write_metrics(root: Path) -> None:
     ev = {m: {k: v if k in scores else s * v for k, v in d.items()} for m, d in flat.items()}
     ev["delta"] = {k: ev["stars"][k] - ev["mamp"][k] for k in ev["stars"]}
     ev.update(probe_mode="cached", chance=s * 100 / 3)
+    ev["fewshot"] = {"enabled": True, "reason": "12 novel-class samples"}
+
+    def run(top1: float) -> dict:
+        return {"top1": s * top1, "top5": 0.99, "mean_class_acc": s * top1}
+
+    ft = {m: {"full": run(base + 20), "transfer": run(base),
+              "semi": {"0.01": {"top1_mean": s * (base - 30), "top1_std": s * 0.5},
+                       "0.1": {"top1_mean": s * (base - 10), "top1_std": s * 0.25}}}
+          for m, base in (("mamp", 70.0), ("stars", 71.0))}
+    ft.update(chance={"full": 1 / 3, "transfer": 1 / 4}, protocols=["full", "semi", "transfer"],
+              epochs=100, label_fractions=[0.01, 0.1], seeds=[0, 1, 2],
+              transfer_target={"source": "pku2", "benchmark": "xsub", "classes": 4,
+                               "train_samples": 8, "test_samples": 8})
     metrics = {"preprocess": {"samples": 32, "skipped": 0}, "pretrain": {"loss": 0.41},
                "tune": {"loss": 2.1, "val_knn_last": s * 70.0, "val_knn_curve": [0.6, 0.7]},
-               "evaluate": ev, "timing": {"pretrain": {"wall_time_s": 1.5, "processes": 1}}}
+               "evaluate": ev, "finetune": ft,
+               "timing": {"pretrain": {"wall_time_s": 1.5, "processes": 1}}}
     for stage, m in metrics.items():
         (root / "metrics").mkdir(exist_ok=True)
         (root / f"metrics/{stage}.json").write_text(json.dumps(m))
@@ -248,20 +262,48 @@ def test_missing_sources_give_a_not_available_line_in_every_section(tmp_path):
     assert md.count("not available:") >= len(SECTIONS)
 
 
-def test_results_table_shows_percent_delta_and_the_papers_numbers(tmp_path):
-    write_params(tmp_path, data={"source": "ntu60", "benchmark": "xsub",
-                                 "raw_dir": "data/raw/ntu60"})
+NTU60 = {"source": "ntu60", "benchmark": "xsub", "raw_dir": "data/raw/ntu60",
+         "novel_dir": "data/raw/ntu120"}
+
+
+def test_results_table_is_the_papers_table_ours_beside_published(tmp_path):
+    write_params(tmp_path, data=NTU60)
     write_metrics(tmp_path)
     sections = parse(build_report(tmp_path, CFG, tmp_path / "reports"))
+    header = sections["results"]["rows"][0].split("|")[1:-1]
+    assert header == ["linear", "kNN k=1", "fine-tune", "semi 1%", "semi 10%", "transfer",
+                      "few-shot (kNN k=1, novel classes)", "5-way 1-shot (episodic, ±95% CI)"]
     rows = {r.split("|")[0]: r.split("|")[1:-1] for r in sections["results"]["rows"][1:]}
-    assert rows["MAMP (ours)"][:3] == ["70.0", "61.0", "40.0"]
-    assert rows["STARS (ours)"][:3] == ["73.0", "72.5", "52.0"]
-    assert rows["delta (STARS − MAMP)"][:4] == ["+3.0", "+11.5", "+12.0", "+10.0"]
-    assert rows["STARS (paper)"][:3] == ["87.1", "79.9", "63.5"]
-    assert rows["MAMP (paper)"][:3] == ["84.9", "–", "–"]
-    assert rows["STARS (ours)"][3] == "55.0 ± 1.4"
-    assert "NTU-60 X-Sub" in sections["results"]["text"]
-    assert "Chance level: 33.3%" in sections["results"]["text"]
+    assert list(rows) == ["MAMP (ours)", "MAMP (paper)", "STARS (ours)", "STARS (paper)",
+                          "delta (STARS − MAMP)"]
+    assert rows["MAMP (ours)"][:8] == ["70.0", "61.0", "90.0", "40.0 ± 0.5", "60.0 ± 0.2",
+                                       "70.0", "40.0", "45.0 ± 1.5"]
+    assert rows["STARS (ours)"][2:6] == ["91.0", "41.0 ± 0.5", "61.0 ± 0.2", "71.0"]
+    assert rows["delta (STARS − MAMP)"][:8] == ["+3.0", "+11.5", "+1.0", "+1.0", "+1.0", "+1.0",
+                                                "+12.0", "+10.0"]
+    # published cells from the READMEs / papers; unknown ones stay empty, never guessed
+    assert rows["STARS (paper)"][:8] == ["87.1", "79.9", "93.0", "–", "–", "–", "63.5", "–"]
+    assert rows["MAMP (paper)"][:3] == ["84.9", "–", "93.0"]
+    text = sections["results"]["text"]
+    assert "NTU-60 X-Sub" in text and "Chance level: 33.3%" in text
+    assert "STARS README" in text and "MAMP README" in text
+    assert "Transfer: fine-tuned on PKU-MMD II X-Sub (4 classes, chance 25.0%)" in text
+
+
+def test_results_table_says_when_fewshot_was_off_and_why(tmp_path):
+    write_params(tmp_path, data={**NTU60, "novel_dir": ""}, eval={"fewshot": False})
+    write_metrics(tmp_path)
+    ev = json.loads((tmp_path / "metrics/evaluate.json").read_text())
+    ev["fewshot"] = {"enabled": False, "reason": "eval.fewshot: off; data.novel_dir is not set"}
+    (tmp_path / "metrics/evaluate.json").write_text(json.dumps(ev))
+    (tmp_path / "metrics/finetune.json").unlink()
+    sections = parse(build_report(tmp_path, CFG, tmp_path / "reports"))
+    rows = {r.split("|")[0]: r.split("|")[1:-1] for r in sections["results"]["rows"][1:]}
+    assert rows["STARS (ours)"][-2:] == ["off", "off"]
+    assert rows["STARS (ours)"][2] == "–"
+    text = sections["results"]["text"]
+    assert "Few-shot was off: eval.fewshot: off; data.novel_dir is not set." in text
+    assert "metrics/finetune.json not found" in text
 
 
 def test_confusion_matrix_accepts_label_codes_as_well_as_class_names(tmp_path):
