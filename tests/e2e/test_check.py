@@ -49,6 +49,7 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
             shutil.copy(src, repo / name)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["synth"].update(TINY_SYNTH)
+    params["eval"]["fewshot"] = False           # no novel classes in this tiny dataset
     params["tracking"]["enabled"] = False
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{VENV / 'bin'}:{os.environ['PATH']}", "GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@localhost",
