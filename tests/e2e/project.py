@@ -49,7 +49,7 @@ def make_project(repo: Path, overrides: dict | None = None) -> dict:
     the environment to run its commands in (this interpreter's tools, `repo` importable)."""
     repo.mkdir(parents=True, exist_ok=True)
     for name in ("pipeline", "stages", "presets", ".dvc", "dvc.yaml", ".dvcignore",
-                 ".gitignore", "pyproject.toml", "params.yaml"):
+                 ".gitignore", "pyproject.toml", "params.yaml", "Makefile"):
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns(

@@ -7,18 +7,15 @@ Real make, real DVC, in a fresh git copy of the project whose synthetic data alr
 
 import dataclasses
 import hashlib
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pipeline.core.config import SynthConfig
+from tests.e2e.project import DVC, make_project, run
 
-ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(sys.executable).parent.parent
 TINY_SYNTH = {"base_classes": 2, "novel_classes": 0, "performers": 2, "setups": 1,
               "replications": 1, "cameras": 1, "min_frames": 12, "max_frames": 16}
@@ -39,28 +36,10 @@ def _snapshot(repo: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> tuple[Path, dict]:
     repo = tmp_path_factory.mktemp("project")
-    for name in ("pipeline", "stages", "presets", ".dvc", "dvc.yaml", ".dvcignore",
-                 ".gitignore", "pyproject.toml", "Makefile"):
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns(
-                "__pycache__", "tmp", "cache"))
-        else:
-            shutil.copy(src, repo / name)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["synth"].update(TINY_SYNTH)
-    params["eval"]["fewshot"] = False           # no novel classes in this tiny dataset
-    params["tracking"]["enabled"] = False
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{VENV / 'bin'}:{os.environ['PATH']}", "GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@localhost",
-           "GIT_COMMITTER_NAME": "ci", "GIT_COMMITTER_EMAIL": "ci@localhost",
-           "PYTHONPATH": str(repo)}
-    env.pop("DVC_ROOT", None)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "tiny"],
-                [str(VENV / "bin/dvc"), "repro", "synthesize"]):
-        out = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True,
-                             check=False)
-        assert out.returncode == 0, out.stdout + out.stderr
+    env = make_project(repo, {"synth": TINY_SYNTH,
+                              "eval": {"fewshot": False},   # no novel classes here
+                              "tracking": {"enabled": False}})
+    run([*DVC, "repro", "synthesize"], repo, env)
     assert any((repo / "data/raw/synthetic").glob("*.skeleton"))
     return repo, env
 
