@@ -30,6 +30,7 @@ from pipeline.core.errors import ConfigError
 _STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 Counts = list[Annotated[int, Field(ge=1)]]     # e.g. the k of kNN, shots per class
+Precision = Literal["fp32", "bf16"]            # bf16: autocast; sensitive parts stay fp32
 
 
 def _counts(*default: int, description: str | None = None) -> Any:
@@ -138,7 +139,7 @@ class PretrainConfig:
     seed: int = Field(0, ge=0)
     compile: bool = False
     loader_workers: int = Field(1, ge=0)
-    precision: Literal["fp32", "bf16"] = Field(
+    precision: Precision = Field(
         "fp32", description="bf16 autocast (CPU or GPU) for the training step; similarities, "
                             "losses, BatchNorm statistics and optimizer state stay fp32")
 
@@ -182,7 +183,7 @@ class TuneConfig:
     seed: int = Field(0, ge=0)
     compile: bool = False
     loader_workers: int = Field(1, ge=0)
-    precision: Literal["fp32", "bf16"] = Field(
+    precision: Precision = Field(
         "fp32", description="bf16 autocast for the tuning step and its validation features "
                             "(as pretrain.precision)")
 
@@ -213,7 +214,7 @@ class EvalConfig:
     seed: int = Field(0, ge=0)
     batch_size: int = Field(256, ge=1, description="feature extraction batch size")
     loader_workers: int = Field(0, ge=0, description="data loader processes for feature extraction")
-    precision: Literal["fp32", "bf16"] = Field(
+    precision: Precision = Field(
         "fp32", description="bf16 autocast for feature extraction and the paper-mode probe "
                             "(its train and test features alike; as pretrain.precision)")
 
@@ -249,7 +250,7 @@ class FinetuneConfig:
     seed: int = Field(0, ge=0)
     compile: bool = False
     loader_workers: int = Field(1, ge=0)
-    precision: Literal["fp32", "bf16"] = Field(
+    precision: Precision = Field(
         "fp32", description="bf16 autocast for the training step and the test scoring "
                             "(as pretrain.precision)")
 
