@@ -19,11 +19,12 @@ import torch
 
 from benchmarks.common import cuda_sync, encoder_flops, median_time, paper_model, tiny_model
 from pipeline.core.config import EvalConfig, to_dict
+from pipeline.core.dist import native_bf16
 from pipeline.core.tracking import NullTracker
 from pipeline.data.dataset import SkeletonDataset
 from pipeline.data.store import SampleMeta, Store, StoreWriter
 from pipeline.data.transforms import TrainTransform
-from pipeline.eval.knn import knn_predict
+from pipeline.eval.knn import DTYPES, knn_predict, screening_precision
 from pipeline.eval.linear_probe import probe_cached, probe_paper
 from pipeline.models.encoder import Encoder
 from pipeline.training.loop import autocast
@@ -65,20 +66,24 @@ def clustered_features(n_bank: int, n_query: int, dim: int, rng: np.random.Gener
 
 
 def knn(quick: bool = False) -> dict:
-    """k = 1 cosine kNN, ours (bf16 and fp32 screening, side by side) vs scikit-learn's brute
-    force, on the same clustered features."""
+    """k = 1 cosine kNN, ours with every screening precision that pays here (side by side)
+    vs scikit-learn's brute force, on the same clustered features."""
     from sklearn.neighbors import KNeighborsClassifier
 
     n_bank, n_query, dim = (2000, 500, 64) if quick else (XSUB_TRAIN, XSUB_TEST, 256)
     rng = np.random.default_rng(0)
     bank, labels, queries = clustered_features(n_bank, n_query, dim, rng)
     repeats = 1 if quick else 3
-    ours: dict[str, dict] = {"bf16": {}, "fp32": {}}
-    times: dict[str, list[float]] = {"bf16": [], "fp32": []}
-    for _ in range(repeats):        # alternate, so both see the same load
-        for precision, preds in ours.items():
+    cpu = torch.device("cpu")
+    # a bf16 screening without native kernels would take minutes: "auto" never picks it
+    screenings = ("fp32", "bf16") if quick or native_bf16(cpu) else ("fp32",)
+    preds: dict[str, np.ndarray] = {}
+    times: dict[str, list[float]] = {p: [] for p in screenings}
+    for _ in range(repeats):        # alternate, so all see the same load
+        for precision in screenings:
             start = time.perf_counter()
-            preds.update(knn_predict(bank, labels, queries, ks=[1], precision=precision))
+            preds[precision] = knn_predict(bank, labels, queries, ks=[1],
+                                           precision=precision)[1]
             times[precision].append(time.perf_counter() - start)
     theirs = {}
 
@@ -87,34 +92,37 @@ def knn(quick: bool = False) -> dict:
         theirs[1] = clf.fit(bank, labels).predict(queries)
 
     sk_s, sk_times = median_time(sklearn_predict, repeats=1 if quick else 2, warmup=0)
-    # The shape's own floor: one plain product queries @ bank^T. With an inner dimension of
-    # only 256 it runs well below the 4096^3 ceiling.
+    # The shape's own floor: one plain product queries @ bank^T in the screening precision.
+    # With an inner dimension of only 256 it runs well below the 4096^3 ceiling.
     q_t, b_t = torch.from_numpy(queries), torch.from_numpy(bank)
-    product_s, _ = median_time(lambda: q_t @ b_t.T, repeats, warmup=1)
-    q_b, b_b = q_t.bfloat16(), b_t.bfloat16()
-    product_bf16_s, _ = median_time(lambda: q_b @ b_b.T, repeats, warmup=1)
-    return {"product_s": product_s, "product_bf16_s": product_bf16_s, "bank": n_bank,
-            "queries": n_query, "dim": dim, "product_gflop": 2 * n_bank * n_query * dim / 1e9,
-            "ours_s": statistics.median(times["bf16"]), "ours_times": times["bf16"],
-            "ours_fp32_s": statistics.median(times["fp32"]), "ours_fp32_times": times["fp32"],
+    products = {p: median_time(lambda q=q_t.to(DTYPES[p]), b=b_t.to(DTYPES[p]): q @ b.T,
+                               repeats, warmup=1)[0] for p in screenings}
+    auto = screening_precision("auto", cpu)
+    return {"bank": n_bank, "queries": n_query, "dim": dim,
+            "product_gflop": 2 * n_bank * n_query * dim / 1e9, "auto": auto,
+            "ours_s": statistics.median(times[auto]),
+            "screening_s": {p: statistics.median(t) for p, t in times.items()},
+            "screening_times": times, "product_s": products,
             "sklearn_s": sk_s, "sklearn_times": sk_times,
-            **_agreement(bank, labels, queries, ours["bf16"][1], ours["fp32"][1], theirs[1])}
+            **_agreement(bank, labels, queries, preds, theirs[1])}
 
 
-def _agreement(bank: np.ndarray, labels: np.ndarray, queries: np.ndarray, bf16: np.ndarray,
-               fp32: np.ndarray, sklearn: np.ndarray) -> dict:
-    """Both screenings must agree everywhere. Where plain scikit-learn differs, its BLAS
-    rounding decided a near-tie: those rows are re-checked against the correctly rounded
+def _agreement(bank: np.ndarray, labels: np.ndarray, queries: np.ndarray,
+               ours: dict[str, np.ndarray], sklearn: np.ndarray) -> dict:
+    """Every screening must give the same predictions. Where plain scikit-learn differs, its
+    BLAS rounding decided a near-tie: those rows are re-checked against the correctly rounded
     distances (float64 products of the normalised rows) with scikit-learn's argpartition."""
     from sklearn.preprocessing import normalize
 
-    rows = np.flatnonzero(bf16 != sklearn)
+    first = next(iter(ours.values()))
+    rows = np.flatnonzero(first != sklearn)
     exact = rows
     if len(rows):
         b, q = (normalize(normalize(x)).astype(np.float64) for x in (bank, queries[rows]))
         dist = np.clip(1 - (q @ b.T).astype(np.float32), 0, 2)
         exact = labels[np.argpartition(dist, 0, axis=1)[:, 0]]
-    return {"identical": bool(np.array_equal(bf16, fp32) and np.array_equal(bf16[rows], exact)),
+    same = all(np.array_equal(first, p) for p in ours.values())
+    return {"identical": bool(same and np.array_equal(first[rows], exact)),
             "sklearn_blas_differences": len(rows)}
 
 

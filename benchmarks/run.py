@@ -29,7 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from benchmarks.common import cpu_pressure
+from pipeline.core.dist import native_bf16
 from pipeline.core.io import atomic_write_json, atomic_write_text
 
 SECTIONS = ("ceiling", "pretrain", "tune", "eval", "preprocess")
@@ -68,11 +71,13 @@ def plan(sections: list[str], quick: bool, workdir: Path) -> list[Job]:
     so that both see the same drift of a shared machine."""
     jobs = [Job("ceiling", "ceiling", "benchmarks.ceiling:run", {"quick": quick})]
     rounds = range(1 if quick else 2)
+    # bf16 only where it has native kernels: elsewhere a paper-size bf16 job takes hours
+    precisions = PRECISIONS if quick or native_bf16(torch.device("cpu")) else ("fp32",)
     if "pretrain" in sections:
         for size in ("paper", "default"):
             # bf16 next to fp32 with the faster allocator; fp32 with both allocators
-            variants = [(n, "fp32") for n in ALLOCATORS] + ([("keep freed", "bf16")]
-                                                            if size == "paper" else [])
+            variants = [(n, "fp32") for n in ALLOCATORS] + (
+                [("keep freed", "bf16")] if size == "paper" and "bf16" in precisions else [])
             for _ in rounds:
                 for name, precision in variants:
                     jobs.append(Job("pretrain", f"{size}|{name}|{precision}",
@@ -81,14 +86,14 @@ def plan(sections: list[str], quick: bool, workdir: Path) -> list[Job]:
                                      "precision": precision}, ALLOCATORS[name]))
     if "tune" in sections:
         # batch 8 in both precisions, alternating round by round; batch 32 fp32 once
-        variants = [(8, 3, p) for _ in rounds for p in PRECISIONS] + [(32, 2, "fp32")]
+        variants = [(8, 3, p) for _ in rounds for p in precisions] + [(32, 2, "fp32")]
         for batch, repeats, precision in variants:
             jobs.append(Job("tune", f"batch {batch}|{precision}", "benchmarks.training:tune",
                             {"batch": batch, "repeats": 2 if quick else repeats,
                              "quick": quick, "precision": precision}))
     if "eval" in sections:
         for _ in rounds:
-            for precision in PRECISIONS:
+            for precision in precisions:
                 jobs.append(Job("eval", f"features|{precision}", "benchmarks.evaluation:features",
                                 {"quick": quick, "precision": precision}))
         for name in ("knn", "probe"):
@@ -146,6 +151,15 @@ def _row(figure: str, value: str, target: str = "-", ok: bool | None = None) -> 
     return {"figure": figure, "value": value, "target": target, "pass": ok}
 
 
+def _not_run(figure: str, target: str, ceil: dict) -> dict:
+    """A bf16 target that this CPU cannot measure: its bf16 products have no native kernels."""
+    return {**_row(figure, f"not run: this CPU ({ceil['machine']['cpu_isa']}) has no native "
+                           f"bf16 kernels, its bf16 matmul runs at {ceil['cpu_bf16_gflops']:.1f} "
+                           f"GFLOP/s against {ceil['cpu_fp32_gflops']:.0f} in float32 "
+                           "(section 1); fp32 is the faster precision here", target),
+            "not_run": True}
+
+
 def _gb(mb: float) -> str:
     return f"{mb / 1024:.2f} GB"
 
@@ -164,8 +178,9 @@ def summarise_ceiling(res: dict[str, list[dict]]) -> tuple[dict, list[dict], lis
     rows = [_row(f"float32 matmul {r['cpu_matmul_n']}^3, CPU, "
                  f"{r['machine']['torch_threads']} threads",
                  f"{r['cpu_fp32_gflops']:.1f} GFLOP/s", "reference about 175 GFLOP/s")]
-    rows.append(_row(f"bf16 matmul {r['cpu_matmul_n']}^3, CPU (what `precision: bf16` can "
-                     "reach)", f"{r['cpu_bf16_gflops']:.1f} GFLOP/s"))
+    native = "native kernels" if r["machine"]["native_bf16"] else "NO native kernels"
+    rows.append(_row(f"bf16 matmul {r['cpu_bf16_matmul_n']}^3, CPU, {native} (what "
+                     "`precision: bf16` can reach)", f"{r['cpu_bf16_gflops']:.1f} GFLOP/s"))
     for key, label in (("gpu_bf16_gflops", "bf16 matmul 8192^3, GPU"),
                        ("gpu_fp32_gflops", "float32 matmul 8192^3, GPU")):
          if key in r:
@@ -173,8 +188,9 @@ def summarise_ceiling(res: dict[str, list[dict]]) -> tuple[dict, list[dict], lis
     return r, rows, ["Median of 5 products after 2 warm-up ones; 2 n^3 FLOPs each."]
 
 
-def summarise_pretrain(res: dict[str, list[dict]], ceiling: float
+def summarise_pretrain(res: dict[str, list[dict]], ceil: dict
                        ) -> tuple[dict, list[dict], list[str]]:
+    ceiling = ceil["cpu_fp32_gflops"]
     figures: dict[str, Any] = {}
     rows = []
     for key, runs in res.items():
@@ -219,9 +235,9 @@ def summarise_pretrain(res: dict[str, list[dict]], ceiling: float
             rows.append(_row(f"{size} size: allocator comparison",
                              f"{faster} is faster by {max(speedup, 1 / speedup) - 1:.0%}"))
     fp32, bf16 = figures.get("paper|keep freed|fp32"), figures.get("paper|keep freed|bf16")
-    if fp32 and bf16:
+    if fp32 and (bf16 or not ceil["machine"]["native_bf16"]):
         rows.append(_speedup_row("paper size, keep freed: bf16 / fp32 samples/s", fp32, bf16,
-                                 BF16_TRAIN_SPEEDUP, figures))
+                                 BF16_TRAIN_SPEEDUP, figures, ceil))
     paper = next(iter(figures.values()), None)
     notes = [
         ("Samples/s = batch / median step time over all timed steps of both rounds (each round "
@@ -244,8 +260,9 @@ def summarise_pretrain(res: dict[str, list[dict]], ceiling: float
     return figures, rows + _errors(res), notes
 
 
-def summarise_tune(res: dict[str, list[dict]], ceiling: float
+def summarise_tune(res: dict[str, list[dict]], ceil: dict
                    ) -> tuple[dict, list[dict], list[str]]:
+    ceiling = ceil["cpu_fp32_gflops"]
     figures, rows = {}, []
     for key, runs in res.items():
         runs = [r for r in runs if "error" not in r]
@@ -278,9 +295,12 @@ def summarise_tune(res: dict[str, list[dict]], ceiling: float
             f" AdamW {r['optimizer_s']:.2f}); peak RSS {_gb(r['peak_rss_mb'])}",
             target, samples_s >= speed_target and r["peak_rss_mb"] / 1024 <= mem_target))
     fp32, bf16 = figures.get("batch 8|fp32"), figures.get("batch 8|bf16")
+    if fp32 and not bf16 and not ceil["machine"]["native_bf16"]:
+        rows.append(_speedup_row("batch 8: bf16 / fp32 samples/s, peak RSS bf16 vs fp32", fp32,
+                                 None, BF16_TRAIN_SPEEDUP, figures, ceil))
     if fp32 and bf16:
         row = _speedup_row("batch 8: bf16 / fp32 samples/s, peak RSS bf16 vs fp32", fp32, bf16,
-                           BF16_TRAIN_SPEEDUP, figures)
+                           BF16_TRAIN_SPEEDUP, figures, ceil)
         higher = bf16["peak_rss_mb"] > fp32["peak_rss_mb"]
         row["value"] += (f"; peak {_gb(bf16['peak_rss_mb'])} vs {_gb(fp32['peak_rss_mb'])}")
         row["target"] += " and peak no higher"
@@ -299,8 +319,9 @@ def summarise_tune(res: dict[str, list[dict]], ceiling: float
     return figures, rows + _errors(res), notes
 
 
-def summarise_eval(res: dict[str, list[dict]], ceiling: float
+def summarise_eval(res: dict[str, list[dict]], ceil: dict
                    ) -> tuple[dict, list[dict], list[str]]:
+    ceiling = ceil["cpu_fp32_gflops"]
     figures, rows = {}, []
     for precision in PRECISIONS:
         runs = [r for r in res.get(f"features|{precision}", []) if "error" not in r]
@@ -317,31 +338,36 @@ def summarise_eval(res: dict[str, list[dict]], ceiling: float
                          f"{precision}",
                          f"{samples_s:.2f} samples/s, {gflops:.1f} GFLOP/s = "
                          f"{gflops / ceiling:.1%} MFU; peak RSS {_gb(f['peak_rss_mb'])}"))
-    if "features|fp32" in figures and "features|bf16" in figures:
+    if "features|fp32" in figures and ("features|bf16" in figures
+                                       or not ceil["machine"]["native_bf16"]):
         rows.append(_speedup_row("feature extraction: bf16 / fp32 samples/s",
-                                 figures["features|fp32"], figures["features|bf16"],
-                                 BF16_FEATURES_SPEEDUP, figures, key="features_bf16_speedup"))
+                                 figures["features|fp32"], figures.get("features|bf16"),
+                                 BF16_FEATURES_SPEEDUP, figures, ceil,
+                                 key="features_bf16_speedup"))
     if "error" not in res["knn"][0]:
         k = res["knn"][0]
         figures["knn"] = {**k, "target_s": KNN_TARGET_S, "speedup_vs_sklearn": k["sklearn_s"] /
                           k["ours_s"]}
+        floor = min(k["product_s"], key=k["product_s"].get)
+        rows.append(_row(
+            f"kNN k=1, bank {k['bank']:,} x {k['dim']}, queries {k['queries']:,}: ours "
+            f"(`knn_predict`, screening 'auto' = {k['auto']} here, + exact re-score)",
+            f"{k['ours_s']:.2f} s ({k['product_gflop'] / k['ours_s']:.0f} GFLOP/s effective)",
+            f"<= {KNN_TARGET_S} s on 2 cores", k["ours_s"] <= KNN_TARGET_S))
+        rows += [_row(f"kNN: ours with {p} screening", f"{sec:.2f} s")
+                 for p, sec in k["screening_s"].items() if p != k["auto"]]
         rows += [
-            _row(f"kNN k=1, bank {k['bank']:,} x {k['dim']}, queries {k['queries']:,}: ours "
-                 "(`knn_predict`, bf16 screening + exact re-score)",
-                 f"{k['ours_s']:.2f} s ({k['product_gflop'] / k['ours_s']:.0f} GFLOP/s "
-                 "effective)", f"<= {KNN_TARGET_S} s on 2 cores", k["ours_s"] <= KNN_TARGET_S),
-            _row("kNN: ours with fp32 screening", f"{k['ours_fp32_s']:.2f} s"),
-            _row("kNN: one plain product queries @ bank^T of the same shape, fp32 / bf16",
-                 f"{k['product_s']:.2f} s ({k['product_gflop'] / k['product_s']:.0f} GFLOP/s) / "
-                 f"{k['product_bf16_s']:.2f} s "
-                 f"({k['product_gflop'] / k['product_bf16_s']:.0f} GFLOP/s); ours = "
-                 f"{k['ours_s'] / k['product_bf16_s']:.2f} x the bf16 product (the floor)",
-                 "-"),
+            _row("kNN: one plain product queries @ bank^T of the same shape, " +
+                 " / ".join(k["product_s"]),
+                 " / ".join(f"{sec:.2f} s ({k['product_gflop'] / sec:.0f} GFLOP/s)"
+                            for sec in k["product_s"].values()) +
+                 f"; ours = {k['ours_s'] / k['product_s'][floor]:.2f} x the {floor} product "
+                 "(the floor)"),
             _row("kNN: scikit-learn KNeighborsClassifier(metric='cosine', algorithm='brute')",
                  f"{k['sklearn_s']:.2f} s (ours {k['sklearn_s'] / k['ours_s']:.1f}x faster)",
                  "reference about 12 s"),
-            _row("kNN: predictions identical (bf16 = fp32 screening = the correctly rounded "
-                 "scikit-learn reference)",
+            _row("kNN: predictions identical (" + " = ".join(k["screening_s"]) +
+                 " screening = the correctly rounded scikit-learn reference)",
                  ("yes" if k["identical"] else "NO") + f"; plain scikit-learn differs on "
                  f"{k['sklearn_blas_differences']} near-tie queries decided by its BLAS rounding",
                  "identical", k["identical"]),
@@ -364,8 +390,9 @@ def summarise_eval(res: dict[str, list[dict]], ceiling: float
          "median over 2 rounds of 3 batches after 1 warm-up, fp32 and bf16 alternating; "
          "FLOPs = actors x (embed + depth x block(750, 256))."),
         ("kNN: clustered features (60 class means + noise of equal norm, as crowded as "
-         "trained features), 60 labels; ours median of 3 (bf16 and fp32 screening "
-         "alternating), scikit-learn median of 2; the same arrays go to all."),
+         "trained features), 60 labels; ours median of 3 (the screening precisions with "
+         "native kernels here alternating), scikit-learn median of 2; the same arrays go to "
+         "all."),
         ("Paper-mode probe: `probe_paper` through `fit` (train transform in the main process, "
          "frozen paper-size encoder, checkpoint per epoch) on a small random store; time per "
          "sample x 40,091 samples. An extrapolation, not a measurement of a full epoch."),
@@ -373,9 +400,12 @@ def summarise_eval(res: dict[str, list[dict]], ceiling: float
     return figures, rows + _errors(res), notes
 
 
-def _speedup_row(figure: str, fp32: dict, bf16: dict, target: float, figures: dict,
-                 key: str = "") -> dict:
-    """bf16 / fp32 samples/s against `target`; the ratio is also stored in `figures`."""
+def _speedup_row(figure: str, fp32: dict, bf16: dict | None, target: float, figures: dict,
+                 ceil: dict, key: str = "") -> dict:
+    """bf16 / fp32 samples/s against `target`; the ratio is also stored in `figures`. No bf16
+    figure: this CPU has no native bf16 kernels, so the job was not run (`plan`)."""
+    if bf16 is None:
+        return _not_run(figure, f">= {target}x", ceil)
     ratio = bf16["samples_per_s"] / fp32["samples_per_s"]
     figures[key or f"{figure}"] = ratio
     return _row(figure, f"{ratio:.2f}x ({bf16['samples_per_s']:.2f} vs "
@@ -383,7 +413,7 @@ def _speedup_row(figure: str, fp32: dict, bf16: dict, target: float, figures: di
                 ratio >= target)
 
 
-def summarise_preprocess(res: dict[str, list[dict]], ceiling: float
+def summarise_preprocess(res: dict[str, list[dict]], ceil: dict
                          ) -> tuple[dict, list[dict], list[str]]:
     figures, rows = {}, []
     g = res["generate"][0]
@@ -458,7 +488,9 @@ def render(report: dict) -> str:
         "",
         f"Command: `{report['command']}`" + (" (QUICK: tiny sizes, not figures)"
                                               if report["quick"] else ""),
-        (f"Machine: {m['cpu']}, {m['cores']} cores (torch {m['torch_threads']} threads), "
+        (f"Machine: {m['cpu']} ({m['cpu_isa']}, native bf16 kernels: "
+         f"{'yes' if m['native_bf16'] else 'no'}), {m['cores']} cores (torch "
+         f"{m['torch_threads']} threads), "
          f"GPU: {m['gpu'] or 'none'}; torch {m['torch']}, Python {m['python']}"),
         f"Date: {report['date']}; wall time {report['wall_s']:.0f} s",
         "",
@@ -475,7 +507,8 @@ def render(report: dict) -> str:
         lines += ["", f"## {TITLES[name]}", "", f"Measured {sec['date']}.", "",
                   "| figure | value | target | result |", "|---|---|---|---|"]
         for r in sec["rows"]:
-            result = {True: "PASS", False: "FAIL", None: "-"}[r["pass"]]
+            result = ("NOT RUN" if r.get("not_run")
+                      else {True: "PASS", False: "FAIL", None: "-"}[r["pass"]])
             lines.append(f"| {r['figure']} | {r['value']} | {r['target']} | {result} |")
         lines += [""] + [f"- {n}" for n in sec["notes"]]
     if TRIED.is_file():
@@ -517,7 +550,6 @@ def main(argv: list[str] | None = None) -> int:
     if "error" in ceiling_raw:
         print(f"[bench] the ceiling job failed: {ceiling_raw['error']}", file=sys.stderr)
         return 1
-    ceiling = ceiling_raw["cpu_fp32_gflops"]
     date = ceiling_raw["machine"]["date"]
     results_path = args.out / "results.json"
     report = {"sections": {}}
@@ -527,9 +559,9 @@ def main(argv: list[str] | None = None) -> int:
     new = {"ceiling": {"figures": figures, "rows": rows, "notes": notes}}
     for name in sections:
         if name in SUMMARIES:
-            figures, rows, notes = SUMMARIES[name](raw[name], ceiling)
+            figures, rows, notes = SUMMARIES[name](raw[name], ceiling_raw)
             new[name] = {"figures": figures, "rows": rows, "notes": notes,
-                         "ceiling_gflops": ceiling}
+                         "ceiling_gflops": ceiling_raw["cpu_fp32_gflops"]}
     for name, sec in new.items():
         sec.update(date=date, raw=raw[name])       # every job's own output, for re-analysis
     report["sections"].update(new)

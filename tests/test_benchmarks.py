@@ -7,9 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from benchmarks import run
 from benchmarks.common import mamp_flops_per_sample, paper_model
 from benchmarks.run import SECTIONS, main
+from pipeline.core.dist import native_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,6 +58,26 @@ def test_only_one_section_keeps_the_others_from_the_previous_results(tmp_path):
     assert report["sections"]["tune"] == kept
     assert report["sections"]["ceiling"]["figures"]["cpu_fp32_gflops"] > 0
     assert "## 1. Matrix-product ceiling" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_full_runs_plan_bf16_jobs_only_where_bf16_has_native_kernels(tmp_path):
+    """A paper-size bf16 job on an AVX2 CPU (a scalar bf16 loop) would take hours."""
+    native = native_bf16(torch.device("cpu"))
+    full = run.plan(list(SECTIONS), quick=False, workdir=tmp_path)
+    assert any("bf16" in job.key for job in full) == native
+    assert any("bf16" in job.key for job in run.plan(list(SECTIONS), True, tmp_path))
+
+
+def test_bf16_targets_read_not_run_on_a_cpu_without_native_bf16():
+    ceil = {"cpu_fp32_gflops": 120.0, "cpu_bf16_gflops": 1.1,
+            "machine": {"cpu_isa": "AVX2", "native_bf16": False}}
+    row = run._speedup_row("features: bf16 / fp32 samples/s", {"samples_per_s": 4.0}, None,
+                           2.0, {}, ceil)
+    assert (row["target"], row["pass"], row["not_run"]) == (">= 2.0x", None, True)
+    assert "AVX2) has no native bf16 kernels" in row["value"] and "1.1 GFLOP/s" in row["value"]
+    measured = run._speedup_row("f", {"samples_per_s": 4.0}, {"samples_per_s": 9.0}, 2.0, {},
+                                ceil)
+    assert (measured["pass"], "not_run" in measured) == (True, False)
 
 
 def test_flops_at_paper_size_match_the_reference():

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.core import dist
 from pipeline.core.config import parse_params
 from pipeline.core.errors import ConfigError
+from pipeline.core.stage import stage_context
 from pipeline.core.tracking import NullTracker
 from pipeline.data.dataset import SkeletonDataset
 from pipeline.data.store import Store
@@ -80,3 +82,20 @@ def test_precision_is_validated_with_one_line():
     with pytest.raises(ConfigError, match=r"tune\.precision: 'fp16' is invalid: must be one of "
                                         r"'fp32', 'bf16'"):
         parse_params({"tune": {"precision": "fp16"}})
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_bf16_on_a_device_without_native_kernels_warns_in_one_line(tmp_path, monkeypatch,
+                                                                   capsys, precision):
+    """An AVX2 CPU runs bf16 products 50-150x slower than fp32: the stage says so first."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(
+        f"tune:\n  precision: {precision}\ntracking:\n  enabled: false\n")
+    with stage_context("tune"):
+        pass
+    lines = [line for line in capsys.readouterr().err.splitlines() if line]
+    slow = precision == "bf16" and not dist.native_bf16(dist.device())
+    assert lines == ([f"warning: tune.precision is bf16, but this cpu has no native bf16 "
+                      "matrix kernels (a CPU needs AVX512-BF16 or AMX), so bf16 runs 50-150x "
+                      "slower than fp32 here; set tune.precision: fp32 unless you mean it"]
+                     if slow else [])

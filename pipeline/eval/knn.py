@@ -4,7 +4,7 @@ Usage::
 
     preds = knn_predict(bank, bank_labels, queries, ks=[1, 2, 5, 10])   # {k: (Nq,) labels}
     accs = knn_accuracy(bank, bank_labels, queries, query_labels, ks=[1])  # {k: accuracy}
-    preds = knn_predict(..., precision="fp32")   # the screening pass in float32 instead
+    preds = knn_predict(..., precision="fp32")   # screen in float32 whatever the device
 
 The reference is the release's ``knn_eval``: rows L2-normalised by scikit-learn, then
 ``KNeighborsClassifier(n_neighbors=k, metric="cosine").fit(bank, y).predict(queries)``.
@@ -15,12 +15,17 @@ depends on the BLAS kernel and on where a row sits in the product, so two identi
 rows can come out one ulp apart on one machine and equal on another. We define the distance
 as the correctly rounded one (float64 products of the float32 rows, rounded to float32):
 identical rows tie exactly, as they did where the golden file
-(tests/fixtures/release/expected_knn.pt) was made, and `knn_predict` reproduces it.
+(tests/fixtures/release/expected_knn.pt) was made, and `knn_predict` reproduces it. Which of
+several rows at exactly the k-th distance gets in is ``np.argpartition``'s choice, and that
+depends on the SIMD kernel numpy picks for the CPU (AVX-512, AVX2 or baseline x86-64): the
+release's own answer on such a tie differs between machines, and ours follows the machine's.
 
 How, at close to the cost of one low-precision matrix product:
 
-1. Screen: similarities by chunked bf16 (or float32) products, top ``m`` per query. Each
-   is within `_error_bound` of the exact cosine.
+1. Screen: similarities by chunked bf16 products where the device has native bf16 kernels
+   (a GPU, a CPU with AVX512-BF16 or AMX), float32 ones elsewhere (an AVX2 CPU runs bf16
+   products 50-150x slower than float32), top ``m`` per query. Each is within
+   `_error_bound` of the exact cosine.
 2. Candidates: with t the approximate kmax-th similarity, every bank row that can be among
    the k nearest (or tie with the k-th) has an approximate similarity >= t - 2e. When the
    m-th approximate similarity is below that (the usual case) the top m hold them all;
@@ -40,12 +45,24 @@ import numpy as np
 import torch
 from sklearn.preprocessing import normalize
 
+from pipeline.core.dist import native_bf16
 from pipeline.core.errors import ConfigError
 
 _EPS32 = 2.0 ** -24  # unit roundoff of float32
 _UNIT = {"fp32": 0.0, "bf16": 2.0 ** -8}  # rounding of the screening inputs and output
-_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 PRECISIONS = tuple(_UNIT)
+
+
+def screening_precision(precision: str, device: torch.device) -> str:
+    """`precision` itself, or for "auto" the faster one on `device`: bf16 where it has native
+    bf16 kernels, float32 elsewhere (predictions are the same either way)."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if precision not in _UNIT:
+        raise ConfigError(f"kNN precision {precision!r} is not one of "
+                          f"{['auto', *PRECISIONS]}")
+    return precision
 
 
 def _error_bound(dim: int, precision: str) -> float:
@@ -123,36 +140,36 @@ def _candidates(sim: torch.Tensor, kmax: int, m: int, err: float
 
 def knn_predict(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray,
                 ks: Sequence[int], device: str | torch.device | None = None,
-                chunk: int = 2048, precision: str = "bf16",
+                chunk: int = 2048, precision: str = "auto",
                 slack: int = 32) -> dict[int, np.ndarray]:
     """Cosine kNN predictions for each k in `ks`, identical to the release's (module doc).
 
     bank (Nb, D), bank_labels (Nb,), queries (Nq, D); returns {k: labels (Nq,)} in the
     dtype of `bank_labels`. `chunk` queries are screened per matrix product in `precision`
-    ("bf16" or "fp32"); `slack` extra neighbours are kept per query beyond the largest k.
+    ("auto", "bf16" or "fp32"; `screening_precision`); `slack` extra neighbours are kept per
+    query beyond the largest k.
     """
     ks = sorted({int(k) for k in ks})
     n_bank, dim = bank.shape
     if ks[0] < 1 or ks[-1] > n_bank:
         raise ConfigError(f"kNN k {ks} is invalid for a bank of {n_bank} samples: lower "
                           "eval.knn_k, eval.fewshot_knn_k or tune.val_k")
-    if precision not in _UNIT:
-        raise ConfigError(f"kNN precision {precision!r} is not one of {list(PRECISIONS)}")
     classes, bank_codes = np.unique(bank_labels, return_inverse=True)
     device = torch.device(device or "cpu")
+    precision = screening_precision(precision, device)
     kmax, m = ks[-1], min(ks[-1] + slack, n_bank)
     err = _error_bound(dim, precision)
 
     bank_np, queries_np = _unit_rows(bank), _unit_rows(queries)
     bank32 = torch.from_numpy(bank_np).to(device)
-    bank_low = bank32.to(_DTYPE[precision])
+    bank_low = bank32.to(DTYPES[precision])
     codes_t = torch.from_numpy(bank_codes.astype(np.int64)).to(device)
     preds = {k: torch.empty(len(queries_np), dtype=torch.int64, device=device) for k in ks}
     tied: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
     with torch.inference_mode(), _plain_matmul():
         for start in range(0, len(queries_np), chunk):
             q32 = torch.from_numpy(queries_np[start:start + chunk]).to(device)
-            sim = q32.to(_DTYPE[precision]) @ bank_low.T                # (c, Nb) screened
+            sim = q32.to(DTYPES[precision]) @ bank_low.T                # (c, Nb) screened
             idx, valid = _candidates(sim, kmax, m, err)
             del sim
             # float64 products of float32 values are exact: the sum is the exact cosine
@@ -189,7 +206,7 @@ def _argpartition_vote(bank32: torch.Tensor, bank_codes: np.ndarray, queries: np
 def knn_accuracy(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray,
                  query_labels: np.ndarray, ks: Sequence[int],
                  device: str | torch.device | None = None,
-                 precision: str = "bf16") -> dict[int, float]:
+                 precision: str = "auto") -> dict[int, float]:
     """Top-1 accuracy of `knn_predict` for each k."""
     preds = knn_predict(bank, bank_labels, queries, ks, device=device, precision=precision)
     return {k: float(np.mean(p == query_labels)) for k, p in preds.items()}
