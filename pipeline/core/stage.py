@@ -89,9 +89,16 @@ def _warn_if_bf16_is_slow(stage: str, params: Params) -> None:
               file=sys.stderr, flush=True)
 
 
+def worker_init() -> None:
+    """Initializer of a stage's process pools: SIGTERM kills a worker at once. A Python-level
+    handler runs only between bytecodes, so a worker blocked on the pool's queue lock when
+    `Pool.terminate` signals it would never run one, and the stage would hang in its join."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _raise_interrupted(owner: int, signum: int, _frame: object) -> None:
-    """SIGTERM in the stage's process `owner` -> Interrupted; forked workers (preprocess's
-    pool) inherit the handler and are terminated by their pool: they die quietly instead."""
+    """SIGTERM in the stage's process `owner` -> Interrupted; a forked worker signalled
+    before its `worker_init` ran dies quietly instead."""
     if os.getpid() != owner:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)

@@ -49,6 +49,7 @@ import numpy as np
 
 from pipeline.core.config import DataConfig, PreprocessConfig
 from pipeline.core.errors import DataError
+from pipeline.core.stage import worker_init
 from pipeline.data.issues import BadFile, Issue, read_input, sniff, tally, token
 from pipeline.data.splits import default_reference_dir
 from pipeline.data.store import SampleMeta, StoreWriter
@@ -295,7 +296,7 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Itera
     if workers <= 1:
         yield from map(fn, items)
         return
-    with ProcessPoolExecutor(workers) as pool:
+    with ProcessPoolExecutor(workers, initializer=worker_init) as pool:
         pending: deque = deque()
         for item in items:
             pending.append(pool.submit(fn, item))

@@ -34,6 +34,7 @@ import numpy as np
 
 from pipeline.core.config import DataConfig, PreprocessConfig
 from pipeline.core.errors import DataError
+from pipeline.core.stage import worker_init
 from pipeline.data import splits
 from pipeline.data.denoise import denoise
 from pipeline.data.issues import BadFile, Issue, read_input, tally
@@ -214,5 +215,5 @@ def _ordered_map(jobs: list[_Job], workers: int):
         yield from map(_load, jobs)
         return
     chunksize = max(1, min(32, len(jobs) // (workers * 8)))
-    with Pool(min(workers, len(jobs))) as pool:
+    with Pool(min(workers, len(jobs)), initializer=worker_init) as pool:
         yield from pool.imap(_load, jobs, chunksize=chunksize)

@@ -34,6 +34,7 @@ import numpy as np
 from pipeline.core.config import SynthConfig
 from pipeline.core.errors import ConfigError
 from pipeline.core.io import atomic_dir, atomic_write_json
+from pipeline.core.stage import worker_init
 from pipeline.data.synthetic.actions import ACTIONS, Action, Performer, perform, sample_performer
 from pipeline.data.synthetic.ntu_writer import Body, format_skeleton, project
 from pipeline.data.synthetic.skeleton_model import LEAVES, J, V, matrix_to_quaternion, yaw_matrix
@@ -264,7 +265,7 @@ def generate(cfg: SynthConfig, out_dir: Path, workers: int = 2) -> dict:
                  for p in range(1, cfg.performers + 1) for r in range(1, cfg.replications + 1)
                  for k in range(len(acts))]
         if workers > 1:
-            with mp.get_context().Pool(workers) as pool:
+            with mp.get_context().Pool(workers, initializer=worker_init) as pool:
                 sizes = list(pool.imap_unordered(_write_performance, tasks, chunksize=4))
         else:
             sizes = [_write_performance(t) for t in tasks]
