@@ -31,7 +31,7 @@ test: setup  ## the fast test suite
 	$(PY) -m pytest -m "not slow" -q
 
 test-slow: setup  ## only the slow tests (end-to-end DVC run, 2-process DDP, browser)
-	$(PY) -m pytest -m slow -q
+	$(PY) -m pytest -m slow -q -n 2 --dist loadfile
 
 test-all: setup  ## every test, slow ones included
 	$(PY) -m pytest -q
