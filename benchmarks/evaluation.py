@@ -95,8 +95,10 @@ def knn(quick: bool = False) -> dict:
     # The shape's own floor: one plain product queries @ bank^T in the screening precision.
     # With an inner dimension of only 256 it runs well below the 4096^3 ceiling.
     q_t, b_t = torch.from_numpy(queries), torch.from_numpy(bank)
-    products = {p: median_time(lambda q=q_t.to(DTYPES[p]), b=b_t.to(DTYPES[p]): q @ b.T,
-                               repeats, warmup=1)[0] for p in screenings}
+    products = {}
+    for precision in screenings:
+        q, b = q_t.to(DTYPES[precision]), b_t.to(DTYPES[precision])
+        products[precision] = median_time(lambda q=q, b=b: q @ b.T, repeats, warmup=1)[0]
     auto = screening_precision("auto", cpu)
     return {"bank": n_bank, "queries": n_query, "dim": dim,
             "product_gflop": 2 * n_bank * n_query * dim / 1e9, "auto": auto,

@@ -84,8 +84,8 @@ def _warn_if_bf16_is_slow(stage: str, params: Params) -> None:
     device = dist.device()
     if not dist.native_bf16(device):
         print(f"warning: {group}.precision is bf16, but this {device.type} has no native bf16 "
-              "matrix kernels (a CPU needs AVX512-BF16 or AMX), so bf16 runs 50-150x slower "
-              f"than fp32 here; set {group}.precision: fp32 unless you mean it",
+              "matrix kernels (a CPU needs AVX512-BF16 or AMX), so bf16 runs several times "
+              f"slower than fp32 here; set {group}.precision: fp32 unless you mean it",
               file=sys.stderr, flush=True)
 
 

@@ -24,7 +24,7 @@ How, at close to the cost of one low-precision matrix product:
 
 1. Screen: similarities by chunked bf16 products where the device has native bf16 kernels
    (a GPU, a CPU with AVX512-BF16 or AMX), float32 ones elsewhere (an AVX2 CPU runs bf16
-   products 50-150x slower than float32), top ``m`` per query. Each is within
+   products about 100x slower than float32), top ``m`` per query. Each is within
    `_error_bound` of the exact cosine.
 2. Candidates: with t the approximate kmax-th similarity, every bank row that can be among
    the k nearest (or tie with the k-th) has an approximate similarity >= t - 2e. When the
