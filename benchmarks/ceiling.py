@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.common import cuda_sync, machine, median_time
-from pipeline.core.dist import native_bf16
+from benchmarks.common import bf16_measurable, cuda_sync, machine, median_time
 
 
 def matmul_gflops(n: int, dtype: torch.dtype, device: str, repeats: int = 5) -> float:
@@ -20,7 +19,7 @@ def run(quick: bool = False) -> dict:
     n = 512 if quick else 4096
     # bf16 on the CPU: what CPU autocast can reach. Without native kernels (AVX512-BF16 or
     # AMX) it is a scalar loop: a 256^3 product tells that in a fraction of a second.
-    n_bf16 = n if quick or native_bf16(torch.device("cpu")) else 256
+    n_bf16 = n if bf16_measurable(quick) else 256
     out = {"cpu_fp32_gflops": matmul_gflops(n, torch.float32, "cpu"), "cpu_matmul_n": n,
            "cpu_bf16_gflops": matmul_gflops(n_bf16, torch.bfloat16, "cpu"),
            "cpu_bf16_matmul_n": n_bf16, "machine": machine()}

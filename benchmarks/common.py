@@ -45,6 +45,16 @@ def cuda_sync() -> None:
         torch.cuda.synchronize()
 
 
+def bf16_measurable(quick: bool) -> bool:
+    """Whether a benchmark runs its bf16 variants: where the CPU has native bf16 kernels (an
+    AVX2 CPU's scalar bf16 loop would take hours at paper size), and always at --quick sizes."""
+    import torch
+
+    from pipeline.core.dist import native_bf16
+
+    return quick or native_bf16(torch.device("cpu"))
+
+
 def machine() -> dict:
     import torch
 

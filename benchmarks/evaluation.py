@@ -17,9 +17,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import cuda_sync, encoder_flops, median_time, paper_model, tiny_model
+from benchmarks.common import (
+    bf16_measurable,
+    cuda_sync,
+    encoder_flops,
+    median_time,
+    paper_model,
+    tiny_model,
+)
 from pipeline.core.config import EvalConfig, to_dict
-from pipeline.core.dist import native_bf16
 from pipeline.core.tracking import NullTracker
 from pipeline.data.dataset import SkeletonDataset
 from pipeline.data.store import SampleMeta, Store, StoreWriter
@@ -74,9 +80,8 @@ def knn(quick: bool = False) -> dict:
     rng = np.random.default_rng(0)
     bank, labels, queries = clustered_features(n_bank, n_query, dim, rng)
     repeats = 1 if quick else 3
-    cpu = torch.device("cpu")
     # a bf16 screening without native kernels would take minutes: "auto" never picks it
-    screenings = ("fp32", "bf16") if quick or native_bf16(cpu) else ("fp32",)
+    screenings = ("fp32", "bf16") if bf16_measurable(quick) else ("fp32",)
     preds: dict[str, np.ndarray] = {}
     times: dict[str, list[float]] = {p: [] for p in screenings}
     for _ in range(repeats):        # alternate, so all see the same load
@@ -99,7 +104,7 @@ def knn(quick: bool = False) -> dict:
     for precision in screenings:
         q, b = q_t.to(DTYPES[precision]), b_t.to(DTYPES[precision])
         products[precision] = median_time(lambda q=q, b=b: q @ b.T, repeats, warmup=1)[0]
-    auto = screening_precision("auto", cpu)
+    auto = screening_precision("auto", torch.device("cpu"))
     return {"bank": n_bank, "queries": n_query, "dim": dim,
             "product_gflop": 2 * n_bank * n_query * dim / 1e9, "auto": auto,
             "ours_s": statistics.median(times[auto]),

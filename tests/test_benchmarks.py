@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from benchmarks import run
-from benchmarks.common import mamp_flops_per_sample, paper_model
+from benchmarks.common import bf16_measurable, mamp_flops_per_sample, paper_model
 from benchmarks.run import SECTIONS, main
 from pipeline.core.dist import native_bf16
 
@@ -63,6 +63,7 @@ def test_only_one_section_keeps_the_others_from_the_previous_results(tmp_path):
 def test_full_runs_plan_bf16_jobs_only_where_bf16_has_native_kernels(tmp_path):
     """A paper-size bf16 job on an AVX2 CPU (a scalar bf16 loop) would take hours."""
     native = native_bf16(torch.device("cpu"))
+    assert bf16_measurable(quick=False) == native and bf16_measurable(quick=True)
     full = run.plan(list(SECTIONS), quick=False, workdir=tmp_path)
     assert any("bf16" in job.key for job in full) == native
     assert any("bf16" in job.key for job in run.plan(list(SECTIONS), True, tmp_path))

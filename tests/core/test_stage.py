@@ -7,6 +7,7 @@ import signal
 from multiprocessing import Pool
 
 from pipeline.core import stage
+from pipeline.data.pku import ordered_map
 
 
 def _sigterm_disposition(_: int) -> bool:
@@ -23,5 +24,6 @@ def test_pool_workers_die_on_sigterm_at_once_instead_of_inheriting_the_stage_han
             assert not any(pool.map(_sigterm_disposition, range(4)))   # what workers inherit
         with Pool(2, initializer=stage.worker_init) as pool:
             assert all(pool.map(_sigterm_disposition, range(4)))
+        assert all(ordered_map(_sigterm_disposition, range(4), workers=2))  # the PKU pool
     finally:
         signal.signal(signal.SIGTERM, previous)
